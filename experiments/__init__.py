@@ -1,0 +1,1 @@
+"""Experiment presets for gca-jax."""

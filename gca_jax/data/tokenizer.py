@@ -1,0 +1,168 @@
+"""A lossless sentencepiece BPE tokenizer trained on the corpus, with a reserved landmark id.
+
+Trainer options make ``decode(encode(x)) == x`` for any text: identity normalisation, no
+whitespace folding, no dummy prefix, byte fallback for unseen characters, ``\\n`` as one
+piece. Digits are split so a passkey is a run of digit tokens. Ids: ``<pad>`` 0, ``<unk>`` 1,
+``<s>`` 2, ``</s>`` 3 (the document separator), and the last id, ``vocab_size - 1``, is the
+control symbol ``<lmk>`` reserved for the model's landmark (never produced by ``encode``).
+Models are cached under ``<cache>/tokenizers/<key>/spm.model``, keyed by a hash of the
+corpus and the trainer options, so a run never retrains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+
+import sentencepiece as spm
+from etils import epath
+from sentencepiece import sentencepiece_model_pb2
+
+from gca_jax.data import cache, sources
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+LANDMARK_PIECE = "<lmk>"
+DIGITS = "0123456789"
+
+
+class TokenizerError(RuntimeError):
+  """A tokenizer could not be built or loaded; the message says why."""
+
+
+def trainer_options(vocab_size: int) -> dict:
+  """sentencepiece trainer options (``vocab_size`` counts the appended landmark)."""
+  return dict(
+      model_type="bpe", vocab_size=vocab_size - 1, normalization_rule_name="identity",
+      remove_extra_whitespaces=False, add_dummy_prefix=False, byte_fallback=True,
+      split_digits=True, allow_whitespace_only_pieces=True, user_defined_symbols=["\n"],
+      character_coverage=0.9995, max_sentence_length=1 << 15,
+      pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+      pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>")
+
+
+class Tokenizer:
+  """Thin wrapper over a ``SentencePieceProcessor`` with the ids the model needs."""
+
+  def __init__(self, model_proto: bytes):
+    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    self.fingerprint = hashlib.sha256(model_proto).hexdigest()[:16]
+    lmk = self._sp.piece_to_id(LANDMARK_PIECE)
+    if lmk != self.vocab_size - 1 or not self._sp.is_control(lmk):
+      raise TokenizerError(f"tokenizer model has no reserved control piece {LANDMARK_PIECE} as its "
+                           "last id; build it with gca_jax.data.tokenizer.build_tokenizer")
+
+  @classmethod
+  def load(cls, path: str | os.PathLike) -> Tokenizer:
+    path = epath.Path(path)
+    if not path.exists():
+      raise FileNotFoundError(f"tokenizer model {path} does not exist; build it with build_tokenizer")
+    return cls(path.read_bytes())
+
+  @property
+  def vocab_size(self) -> int:
+    return self._sp.get_piece_size()
+
+  pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
+
+  @property
+  def sep_id(self) -> int:
+    """Document separator in the token stream (``</s>``)."""
+    return EOS_ID
+
+  @property
+  def landmark_id(self) -> int:
+    return self.vocab_size - 1
+
+  @property
+  def digit_ids(self) -> list[int]:
+    """Ids of the pieces ``"0"``..``"9"`` (each digit is its own token)."""
+    return [self._sp.piece_to_id(d) for d in DIGITS]
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text, out_type=int)
+
+  def encode_batch(self, texts: Sequence[str], num_threads: int = -1) -> list[list[int]]:
+    return self._sp.encode(list(texts), out_type=int, num_threads=num_threads)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._sp.decode([int(i) for i in ids])
+
+  def id_to_piece(self, i: int) -> str:
+    return self._sp.id_to_piece(int(i))
+
+
+def _append_landmark(model_proto: bytes) -> bytes:
+  m = sentencepiece_model_pb2.ModelProto()
+  m.ParseFromString(model_proto)
+  p = m.pieces.add()
+  p.piece, p.score, p.type = LANDMARK_PIECE, 0.0, sentencepiece_model_pb2.ModelProto.SentencePiece.CONTROL
+  m.trainer_spec.vocab_size = len(m.pieces)
+  return m.SerializeToString()
+
+
+def train(texts: Sequence[str], vocab_size: int = 4096) -> Tokenizer:
+  """Trains a tokenizer on documents (lines are the trainer's sentences) and checks it is lossless."""
+  if vocab_size < 300:
+    raise TokenizerError(f"vocab_size={vocab_size} is too small: byte fallback alone needs 256 "
+                         "ids plus specials; use >= 300 (4096 is the default)")
+  lines = (line for t in texts for line in t.split("\n") if line)
+  buf = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(sentence_iterator=lines, model_writer=buf,
+                                   num_threads=os.cpu_count() or 1, minloglevel=2,
+                                   **trainer_options(vocab_size))
+  except RuntimeError as e:
+    raise TokenizerError(f"sentencepiece training failed: {e}; the corpus may be too small for "
+                         f"vocab_size={vocab_size}") from e
+  tok = Tokenizer(_append_landmark(buf.getvalue()))
+  verify_lossless(tok, texts)
+  return tok
+
+
+def verify_lossless(tok: Tokenizer, texts: Sequence[str]) -> None:
+  for i, (t, ids) in enumerate(zip(texts, tok.encode_batch(texts))):
+    if tok.decode(ids) != t:
+      bad = next(j for j, (a, b) in enumerate(zip(tok.decode(ids) + "\0", t + "\0")) if a != b)
+      raise TokenizerError(f"document {i} does not round-trip at character {bad}: "
+                           f"{t[max(0, bad - 20):bad + 20]!r}")
+
+
+def corpus_key(texts: Sequence[str], vocab_size: int) -> str:
+  h = hashlib.sha256(json.dumps(trainer_options(vocab_size), sort_keys=True).encode())
+  h.update(spm.__version__.encode())
+  for t in texts:
+    h.update(hashlib.sha256(t.encode()).digest())
+  return h.hexdigest()[:16]
+
+
+def build_tokenizer(corpus: str = "books", vocab_size: int = 4096,
+                    cache_dir: str | os.PathLike | None = None, log=print) -> Tokenizer:
+  """The cached tokenizer for ``corpus`` (a fetched corpus name or a path), trained if missing."""
+  texts = [d["text"] for d in sources.read_corpus(corpus, cache_dir)]
+  if not texts:
+    raise TokenizerError(f"corpus {corpus!r} has no documents")
+  key = corpus_key(texts, vocab_size)
+  name = epath.Path(corpus).name if corpus not in sources.CORPORA else corpus
+  path = cache.cache_root(cache_dir) / "tokenizers" / f"{name}-v{vocab_size}-{key}" / "spm.model"
+  if path.exists():
+    return Tokenizer.load(path)
+  t0 = time.time()
+  tok = train(texts, vocab_size)
+  with cache.atomic_path(path.parent, is_dir=True) as tmp:
+    (tmp / "spm.model").write_bytes(tok._sp.serialized_model_proto())
+    info = {"corpus": corpus, "vocab_size": vocab_size, "key": key,
+            "train_seconds": round(time.time() - t0, 2), "options": trainer_options(vocab_size)}
+    (tmp / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+  log(f"trained tokenizer {path} in {time.time() - t0:.1f}s")
+  return tok
+
+
+def gpt2_tokenizer():
+  """GPT-2 BPE (paper parity) is not provided yet: it needs offline tiktoken files."""
+  raise NotImplementedError(
+      "GPT-2 BPE is not implemented in gca-jax yet; use the sentencepiece tokenizer "
+      "(gca_jax.data.tokenizer.build_tokenizer)")

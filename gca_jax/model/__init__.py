@@ -1,0 +1,25 @@
+"""gca-jax models: DRT (GCA) and its baselines."""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from gca_jax.config import ModelConfig
+from gca_jax.model.baselines import FullAttentionLM, SlidingWindowLM
+from gca_jax.model.drt import DRT
+
+_MODELS = {"drt": DRT, "sliding_window": SlidingWindowLM, "full_attention": FullAttentionLM}
+
+
+def build_model(config: ModelConfig, *, rngs: nnx.Rngs):
+  """The model named by ``config.model_type``."""
+  return _MODELS[config.model_type](config, rngs=rngs)
+
+
+def count_params(model) -> int:
+  """Number of trainable parameters."""
+  import jax
+  return sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
+
+
+__all__ = ["DRT", "SlidingWindowLM", "FullAttentionLM", "build_model", "count_params"]

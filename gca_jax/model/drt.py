@@ -1,0 +1,113 @@
+"""DRT: the GCA language model (method-spec §3).
+
+tokens -> landmarks inserted -> embedding -> lower sliding-window layers -> chunk encoder
+(landmark keys + shared chunk K/V memory) -> for each retrieval group: retrieval at the
+landmarks, then upper layers (sliding window + GCA + MLP) -> final norm -> tied head, returned
+for the raw (non-landmark) positions only.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+from gca_jax.config import ModelConfig
+from gca_jax.model.chunking import insert_landmarks, remove_landmarks
+from gca_jax.model.gca import ChunkMemory, DecoderLayer, UpperLayer
+from gca_jax.model.layers import Embedding, RMSNorm
+from gca_jax.model.retrieval import causal_chunk_mask, chunk_scores, select_chunks, serve_next_chunk
+
+
+def noise_key(rngs, stream: str = "gumbel") -> jax.Array:
+  """A PRNG key from ``rngs``: an ``nnx.Rngs`` (its ``stream`` if present) or a key array."""
+  if rngs is None:
+    raise ValueError("train=True with Gumbel retrieval needs rngs (an nnx.Rngs or a jax PRNG key)")
+  if isinstance(rngs, nnx.Rngs):
+    return getattr(rngs, stream)() if stream in rngs else rngs()
+  return rngs
+
+
+def call_layer(layer, remat: bool, *args):
+  """Calls a layer, recomputing it in the backward pass when ``remat``."""
+  if remat:
+    return nnx.remat(lambda mod, *a: mod(*a))(layer, *args)
+  return layer(*args)
+
+
+class DRT(nnx.Module):
+  """Decoder with Grouped Cross Attention over causally retrieved chunks."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    if cfg.model_type != "drt":
+      raise ValueError(f"DRT needs model_type='drt', got {cfg.model_type!r}; use build_model")
+    self.cfg = cfg
+    self.embed = Embedding(cfg, rngs)
+    self.lower = nnx.List([DecoderLayer(cfg, "window", rngs) for _ in range(cfg.lower_layers)])
+    self.enc_prenorm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg)
+    self.encoder = nnx.List([
+        DecoderLayer(cfg, "chunk", rngs, eps=cfg.encoder_norm_eps) for _ in range(cfg.encoder_layers)])
+    self.enc_norm = RMSNorm(cfg.d_model, cfg.encoder_norm_eps, cfg)
+    self.memory = ChunkMemory(cfg, rngs)
+    self.lmk_norms = nnx.List([RMSNorm(cfg.d_model, cfg.norm_eps, cfg) for _ in cfg.upper_layers])
+    self.groups = nnx.List([
+        nnx.List([UpperLayer(cfg, rngs) for _ in range(n)]) for n in cfg.upper_layers])
+    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg)
+
+  def __call__(self, tokens: Int[Array, "B T"], *, train: bool = False, rngs=None) -> Float[Array, "B T V"]:
+    return self.forward(tokens, train=train, rngs=rngs)["logits"]
+
+  def encode_chunks(self, h: Float[Array, "B L D"]):
+    """Chunk encoder over the lower-layer output: landmark keys [B, C, D] and chunk K/V."""
+    cfg = self.cfg
+    b, n, d = h.shape
+    p = cfg.chunk_positions
+    x = self.enc_prenorm(h.reshape(b * (n // p), p, d))
+    for layer in self.encoder:
+      x = call_layer(layer, cfg.remat, x)
+    enc = self.enc_norm(x).reshape(b, n // p, p, d)
+    k_mem, v_mem = self.memory(enc)
+    return enc[:, :, -1], k_mem, v_mem
+
+  def retrieve(self, group: int, h: Float[Array, "B L D"], lmk_keys, key: jax.Array | None):
+    """Group ``group``'s picks made at every landmark: idx, w [B, C, K] (not yet shifted)."""
+    cfg = self.cfg
+    b, n, d = h.shape
+    p = cfg.chunk_positions
+    q_lmk = self.lmk_norms[group](h.reshape(b, n // p, p, d)[:, :, -1])
+    scores = chunk_scores(q_lmk, lmk_keys)
+    idx, w, _ = select_chunks(scores, causal_chunk_mask(n // p), cfg.top_k, key)
+    return idx, w
+
+  def forward(self, tokens: Int[Array, "B T"], *, train: bool = False, rngs=None) -> dict:
+    """Logits [B, T, V] (float32) plus each group's retrieval (idx, w) made at the landmarks."""
+    cfg = self.cfg
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim != 2:
+      raise ValueError(f"DRT expects tokens of shape [batch, length], got {tokens.shape}")
+    length = tokens.shape[1]
+    ids = jnp.where(tokens < 0, cfg.pad_id, tokens).astype(jnp.int32)
+    x = insert_landmarks(ids, cfg.chunk_size, cfg.lmk_id, cfg.pad_id)
+    c = x.shape[1] // cfg.chunk_positions
+    key = noise_key(rngs) if train and cfg.gumbel else None
+    h = self.embed(x)
+    for layer in self.lower:
+      h = call_layer(layer, cfg.remat, h)
+    lmk_keys, k_mem, v_mem = self.encode_chunks(h)
+    retrieval = []
+    for g, layers in enumerate(self.groups):
+      gkey = None if key is None else jax.random.fold_in(key, g)
+      idx, w = self.retrieve(g, h, lmk_keys, gkey)
+      retrieval.append((idx, w))
+      if c > 1:
+        idx_used, w_used = serve_next_chunk(idx, w)
+        for layer in layers:
+          h = call_layer(layer, cfg.remat, h, k_mem, v_mem, idx_used, w_used)
+      else:  # a single chunk has nothing to retrieve: GCA output is zero
+        for layer in layers:
+          h = call_layer(layer, cfg.remat, h, k_mem, v_mem, jnp.zeros((h.shape[0], 0, 1), jnp.int32),
+                         jnp.zeros((h.shape[0], 0, 1), jnp.float32))
+    h = remove_landmarks(h, cfg.chunk_size, length)
+    logits = self.embed.attend(self.final_norm(h))
+    return {"logits": logits, "retrieval": retrieval}

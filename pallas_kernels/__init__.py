@@ -1,0 +1,1 @@
+"""Fused kernels for gca-jax (Pallas), each beside a pure-jnp reference."""
