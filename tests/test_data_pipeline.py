@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gca_jax.data import pipeline, token_store
-from gca_jax.data.config import DataConfig, DataConfigError
+from gca_jax.config import ConfigError as DataConfigError, DataConfig
 
 SEP = 3
 

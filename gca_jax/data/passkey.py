@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 from jaxtyping import Int
 
-VARIANTS = ("single", "multihop", "multi")
+from gca_jax.config import PASSKEY_VARIANTS as VARIANTS
 DEFAULT_TOKEN_CNT = {"single": 10, "multihop": 5, "multi": 5}
 IGNORE_ID = -100
 

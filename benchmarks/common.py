@@ -1,0 +1,44 @@
+"""Shared benchmark helpers: machine/version record, timing, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+
+
+def machine_info() -> dict:
+  import flax
+  import numpy
+  return {
+      "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+      "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
+      "flax": flax.__version__, "numpy": numpy.__version__, "backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()],
+  }
+
+
+def time_fn(fn, *args, reps: int = 3) -> dict:
+  """Compile+first-call time, then the median of ``reps`` timed calls (blocking on results)."""
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return {"first_call_s": first, "median_s": statistics.median(times), "times_s": times}
+
+
+def write_json(path: str, payload: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=1)
+  os.replace(tmp, path)
+  print(f"wrote {path}")

@@ -1,0 +1,1 @@
+"""Training: optimiser, pure train/eval steps, the loop."""

@@ -1,0 +1,119 @@
+"""Pure loss, train step and eval step.
+
+``train_step(state, batch) -> (state, metrics)`` is a pure function of arrays; the model's
+structure (``graphdef``) and the optimiser are closed over by ``make_train_step``.
+Batches hold ``tokens`` [B, T] (raw ids) and optionally ``labels`` [B, T] (IGNORE where no
+loss) and ``answer_mask`` [B, T] (needle answers, weighted extra by ``answer_loss_weight``).
+Logit t predicts token t+1 (method-spec §2.2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from gca_jax.model.chunking import IGNORE
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def init_state(model, tx: optax.GradientTransformation, seed: int):
+  """(graphdef, TrainState) from a built model."""
+  graphdef, params = nnx.split(model, nnx.Param)
+  return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                              rng=jax.random.PRNGKey(seed))
+
+
+def token_weights(batch: dict, answer_loss_weight: float) -> jax.Array:
+  """Per-target weights [B, T-1] for logits[:, :-1] against tokens[:, 1:]."""
+  labels = batch.get("labels", batch["tokens"])[:, 1:]
+  w = (labels != IGNORE).astype(jnp.float32)
+  if answer_loss_weight and "answer_mask" in batch:
+    w = w + answer_loss_weight * batch["answer_mask"][:, 1:].astype(jnp.float32)
+  return w
+
+
+def retrieval_stats(retrieval, num_chunks_hint: int | None = None) -> dict:
+  """Mean entropy of the chunk weights and mean distance (in chunks) of the weighted picks."""
+  if not retrieval:
+    return {}
+  ent, dist = [], []
+  for idx, w in retrieval:
+    c = jnp.arange(idx.shape[1])[None, :, None]
+    valid = w > 0
+    rows = jnp.maximum(jnp.sum(jnp.any(valid, -1)), 1)
+    ent.append(-jnp.sum(jnp.where(valid, w * jnp.log(jnp.where(valid, w, 1.0)), 0.0)) / rows)
+    dist.append(jnp.sum(w * (c - idx)) / rows)
+  return {"retrieval_entropy": jnp.mean(jnp.stack(ent)), "retrieval_distance": jnp.mean(jnp.stack(dist))}
+
+
+def loss_fn(params, graphdef, batch: dict, rng, *, train: bool, answer_loss_weight: float = 0.0):
+  """Weighted mean next-token cross-entropy and auxiliary metrics."""
+  model = nnx.merge(graphdef, params)
+  tokens = batch["tokens"]
+  out = model.forward(tokens, train=train, rngs=rng)
+  logits = out["logits"][:, :-1]
+  targets = jnp.maximum(tokens[:, 1:], 0)
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  w = token_weights(batch, answer_loss_weight)
+  loss = jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
+  lm_w = token_weights(batch, 0.0)
+  aux = {"nll_sum": jnp.sum(nll * lm_w), "tokens": jnp.sum(lm_w), **retrieval_stats(out["retrieval"])}
+  return loss, aux
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, schedule=None, *, grad_accum: int = 1,
+                    answer_loss_weight: float = 0.0):
+  """The pure train step; ``grad_accum`` > 1 splits the batch into micro-batches (one update)."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def micro(params, batch, rng):
+    (loss, aux), grads = grad_fn(params, graphdef, batch, rng, train=True, answer_loss_weight=answer_loss_weight)
+    return loss, aux, grads
+
+  def train_step(state: TrainState, batch: dict):
+    rng, step_rng = jax.random.split(state.rng)
+    if grad_accum == 1:
+      loss, aux, grads = micro(state.params, batch, step_rng)
+    else:
+      split = jax.tree_util.tree_map(lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
+
+      def body(carry, xs):
+        mb, i = xs
+        l, a, g = micro(state.params, mb, jax.random.fold_in(step_rng, i))
+        return jax.tree_util.tree_map(jnp.add, carry, (l, a, g)), None
+
+      zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(
+          lambda: micro(state.params, jax.tree_util.tree_map(lambda x: x[0], split), step_rng)))
+      (loss, aux, grads), _ = jax.lax.scan(body, zeros, (split, jnp.arange(grad_accum)))
+      loss, grads = loss / grad_accum, jax.tree_util.tree_map(lambda g: g / grad_accum, grads)
+      aux = {k: (v if k in ("nll_sum", "tokens") else v / grad_accum) for k, v in aux.items()}
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    if schedule is not None:
+      metrics["lr"] = schedule(state.step)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef):
+  """Sum of next-token NLL and the number of scored tokens for a batch (no noise)."""
+
+  def eval_step(params, batch: dict):
+    _, aux = loss_fn(params, graphdef, batch, None, train=False)
+    return {"nll_sum": aux["nll_sum"], "tokens": aux["tokens"]}
+
+  return eval_step

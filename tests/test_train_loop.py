@@ -1,0 +1,113 @@
+"""The training loop on ``tiny_synthetic`` (no network): loss falls, metrics rows, schedule,
+weight-decay mask, gradient accumulation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from experiments.registry import get_experiment
+from gca_jax.config import OptimConfig, apply_overrides
+from gca_jax.model import build_model
+from gca_jax.train import optim
+from gca_jax.train.loop import train
+from gca_jax.train.metrics import read_metrics
+from gca_jax.train.step import init_state, make_train_step
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  cache = tmp_path_factory.mktemp("data_cache")
+  workdir = tmp_path_factory.mktemp("run") / "w"
+  exp = apply_overrides(get_experiment("tiny_synthetic"),
+                        ["train.steps=30", "train.eval_every=15", f"data.cache_dir={cache}"])
+  summary = train(exp, str(workdir))
+  return exp, workdir, summary
+
+
+def test_loss_decreases(run):
+  _, workdir, summary = run
+  rows = [r for r in read_metrics(workdir / "metrics.jsonl") if "loss" in r]
+  first, last = np.mean([r["loss"] for r in rows[:3]]), np.mean([r["loss"] for r in rows[-3:]])
+  assert last < first - 1.0, (first, last)
+  assert summary["step"] == 30 and not summary["preempted"]
+  assert math.isfinite(summary["eval_loss"]) and summary["eval_ppl"] == pytest.approx(
+      math.exp(summary["eval_loss"]))
+
+
+def test_metrics_rows(run):
+  exp, workdir, _ = run
+  rows = read_metrics(workdir / "metrics.jsonl")
+  train_rows = [r for r in rows if "loss" in r]
+  assert [r["step"] for r in train_rows] == list(range(1, 31))
+  for r in train_rows:
+    for k in ("loss", "lr", "grad_norm", "tokens_per_sec", "retrieval_entropy", "retrieval_distance"):
+      assert k in r, k
+  assert all(isinstance(r["tokens_per_sec"], float) for r in train_rows[2:])
+  evals = [r for r in rows if "eval_loss" in r]
+  assert [r["step"] for r in evals] == [15, 30]
+  assert all(r["eval_ppl"] == pytest.approx(math.exp(r["eval_loss"])) for r in evals)
+  assert json.loads((workdir / "experiment.json").read_text())["name"] == "tiny_synthetic"
+  assert list((workdir / "tb").glob("events.out.tfevents.*"))
+  # the lr logged for step s is the schedule at s-1 (the update that produced step s)
+  sched = optim.lr_schedule(exp.optim, exp.train.steps)
+  for r in train_rows:
+    assert r["lr"] == pytest.approx(float(sched(r["step"] - 1)), rel=1e-5)
+
+
+def test_lr_schedule_matches_formula():
+  cfg = OptimConfig(lr=2e-3, min_lr=4e-4, warmup_steps=12)
+  total = 100
+  sched = optim.lr_schedule(cfg, total)
+
+  def hand(t):
+    if t < cfg.warmup_steps:
+      return cfg.lr * t / cfg.warmup_steps
+    frac = (t - cfg.warmup_steps) / (total - cfg.warmup_steps)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
+
+  for t in range(0, total + 1):
+    assert float(sched(t)) == pytest.approx(hand(t), rel=1e-5, abs=1e-9), t
+  assert float(sched(0)) == 0.0 and float(sched(cfg.warmup_steps)) == pytest.approx(cfg.lr)
+  assert float(sched(total)) == pytest.approx(cfg.min_lr)
+  assert float(sched(total + 50)) == pytest.approx(cfg.min_lr)  # stays at the floor
+
+
+def test_weight_decay_mask():
+  params = {"norm": {"scale": jnp.ones(4)}, "lin": {"kernel": jnp.ones((4, 4))}}
+  assert optim.decay_mask(params, False) == {"norm": {"scale": False}, "lin": {"kernel": True}}
+  assert optim.decay_mask(params, True) == {"norm": {"scale": True}, "lin": {"kernel": True}}
+  # with zero gradients only decayed parameters move (lr > 0 after one warmup step)
+  tx = optim.make_optimizer(OptimConfig(lr=1e-1, min_lr=0.0, warmup_steps=0, weight_decay=0.5), 10)
+  opt_state = tx.init(params)
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, opt_state, params)
+  new = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(new["norm"]["scale"], params["norm"]["scale"])
+  np.testing.assert_allclose(new["lin"]["kernel"], 1.0 - 0.1 * 0.5, rtol=1e-6)
+
+
+def test_grad_accum_equals_one_big_batch():
+  exp = get_experiment("tiny_synthetic")
+  cfg = dataclasses.replace(exp.model, gumbel=False)  # no per-micro-batch noise
+  ocfg = dataclasses.replace(exp.optim, warmup_steps=0)
+  tx = optim.make_optimizer(ocfg, 10)
+  graphdef, state = init_state(build_model(cfg, rngs=nnx.Rngs(0)), tx, 0)
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (8, 64), 4, cfg.vocab_size - 1)
+  batch = {"tokens": tokens}
+  one, m1 = jax.jit(make_train_step(graphdef, tx, grad_accum=1))(state, batch)
+  two, m2 = jax.jit(make_train_step(graphdef, tx, grad_accum=2))(state, batch)
+  np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+  np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-4)
+  for a, b in zip(jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(two.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert not all(np.array_equal(a, b) for a, b in zip(
+      jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(state.params)))
