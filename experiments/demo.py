@@ -28,6 +28,7 @@ FLAGS = flags.DEFINE_string("workdir", "runs/demo", "where the summary JSON goes
 STEPS = flags.DEFINE_integer("steps", 300, "training steps")
 BATCH = flags.DEFINE_integer("batch", 16, "batch size")
 LENGTH = flags.DEFINE_integer("length", 240, "raw tokens per training sequence")
+ANSWER_WEIGHT = flags.DEFINE_float("answer_weight", 100.0, "extra loss weight of each answer digit")
 
 
 def evaluate(graphdef, params, cfg: ModelConfig, length: int, n: int = 64) -> dict:
@@ -56,7 +57,7 @@ def main(_):
   model = build_model(cfg, rngs=nnx.Rngs(0))
   tx = make_optimizer(optim, steps)
   graphdef, state = init_state(model, tx, seed=0)
-  step_fn = jax.jit(make_train_step(graphdef, tx, lr_schedule(optim, steps), answer_loss_weight=10.0))
+  step_fn = jax.jit(make_train_step(graphdef, tx, lr_schedule(optim, steps), answer_loss_weight=ANSWER_WEIGHT.value))
   print(f"tiny DRT: {count_params(model):,} parameters; {length} tokens x {batch}; chunk {cfg.chunk_size}, "
         f"top-{cfg.top_k}, window {cfg.window}")
   print(f"{'step':>5} {'loss':>7} {'lm_nll':>7} {'digit_acc':>9} {'answer_acc':>10} {'needle_w':>8} {'s':>6}")

@@ -1,5 +1,8 @@
 """Entry point: ``python -m experiments.main --experiment=NAME --workdir=DIR [--set=k=v ...]``.
 
+``--sweep=NAME`` runs a registered sweep's runs one after another, each in ``DIR/<run_name>``
+(the ``--set`` values apply to every run).
+
 Everything the user typed (experiment, ``--set`` overrides, ``--mode``) is checked before
 anything is written. Rerunning the same command resumes from the workdir's last checkpoint.
 Modes live in ``MODES`` (mode -> function(exp, workdir) returning a summary dict); the
@@ -16,11 +19,14 @@ import os
 import sys
 from collections.abc import Callable
 
-from absl import app, flags
+from absl import app, flags, logging
+
+from gca_jax.evals import cli as eval_cli
 
 _EXPERIMENT = flags.DEFINE_string("experiment", None, "Registered experiment name.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, experiment.json.")
 _SET = flags.DEFINE_multi_string("set", [], "Override section.field=value (repeatable).")
+_SWEEP = flags.DEFINE_string("sweep", None, "Registered sweep: run each of its runs in turn.")
 _MODE = flags.DEFINE_string("mode", "train", "What to do with the experiment (see MODES).")
 _LIST = flags.DEFINE_bool("list", False, "List registered experiments and sweeps, then exit.")
 
@@ -30,9 +36,10 @@ def _train(exp, workdir: str) -> dict:
   return train(exp, workdir)
 
 
-# mode -> fn(exp, workdir) -> summary dict. Extend with gca_jax.evals modes
-# (eval_passkey, eval_ppl, generate).
-MODES: dict[str, Callable[..., dict]] = {"train": _train}
+# mode -> fn(exp, workdir) -> summary dict.
+MODES: dict[str, Callable[..., dict]] = {"train": _train, **eval_cli.MODES}
+# Modes that may take the experiment from <workdir>/experiment.json instead of --experiment.
+READS_WORKDIR = frozenset(eval_cli.MODES)
 
 
 def maybe_initialize_distributed() -> None:
@@ -56,6 +63,8 @@ def resolve(name: str | None, overrides: list[str], mode: str):
   from gca_jax.config import ConfigError, apply_overrides
   if mode not in MODES:
     raise ConfigError(f"--mode={mode!r} is unknown; valid modes: {sorted(MODES)}")
+  if not name and mode in READS_WORKDIR and _WORKDIR.value:
+    return apply_overrides(eval_cli.load_experiment(_WORKDIR.value), list(overrides))
   if not name:
     raise ConfigError(f"--experiment is required; registered experiments: {list_experiments()}")
   return apply_overrides(get_experiment(name), list(overrides))
@@ -64,6 +73,8 @@ def resolve(name: str | None, overrides: list[str], mode: str):
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; use --flag=value")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   maybe_initialize_distributed()
   from experiments import registry
   from gca_jax.config import ConfigError
@@ -72,8 +83,14 @@ def main(argv) -> int:
     print("sweeps:", " ".join(registry.list_sweeps()))
     return 0
   try:
-    exp = resolve(_EXPERIMENT.value, _SET.value, _MODE.value)
-  except ConfigError as e:
+    if _SWEEP.value and _EXPERIMENT.value:
+      raise ConfigError("pass --experiment or --sweep, not both")
+    if _SWEEP.value:  # every run is resolved (and so checked) before the first one starts
+      runs = [(resolve(r.experiment, [*r.overrides, *_SET.value], _MODE.value), r.run_name)
+              for r in registry.expand_sweep(_SWEEP.value)]
+    else:
+      runs = [(resolve(_EXPERIMENT.value, _SET.value, _MODE.value), "")]
+  except (ConfigError, eval_cli.EvalError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if not _WORKDIR.value:
@@ -81,11 +98,12 @@ def main(argv) -> int:
     return 2
   from gca_jax.checkpoint import CheckpointError
   from gca_jax.train.loop import NonFiniteLossError
-  try:
-    MODES[_MODE.value](exp, _WORKDIR.value)
-  except (CheckpointError, NonFiniteLossError, ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  for exp, sub in runs:
+    try:
+      MODES[_MODE.value](exp, os.path.join(_WORKDIR.value, sub) if sub else _WORKDIR.value)
+    except (CheckpointError, NonFiniteLossError, ConfigError, ValueError, FileNotFoundError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 1
   return 0
 
 

@@ -95,7 +95,8 @@ class Checkpointer:
 
   def restore(self, step: int, target: Any, data_iter: Any, exp: Experiment) -> Any:
     """The state of checkpoint ``step`` laid out like ``target`` (ShapeDtypeStructs with
-    shardings); also moves ``data_iter`` to the saved position. Checks the model config first."""
+    shardings, e.g. for another mesh); also moves ``data_iter`` (if not None) to the saved
+    position. Checks the model config first."""
     saved = self.saved_experiment(step)
     diff = _diff(saved.get("model", {}), dataclasses.asdict(exp.model), "model.")
     if diff:
@@ -104,17 +105,19 @@ class Checkpointer:
           f"configuration ({'; '.join(diff)}). Use another --workdir for this experiment, or "
           "rerun with the checkpoint's settings (see its experiment.json).")
     it = _IterState()
+    items = {"state": ocp.args.StandardRestore(target)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(it)
     try:
-      out = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(it)))
-      state = out["state"]
+      state = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
     except Exception as e:  # noqa: BLE001
       raise self._error(step, e) from e
     if int(jax.device_get(state.step)) != step:
       raise CheckpointError(f"checkpoint step {step} in {self.directory} holds a state at step "
                             f"{int(state.step)}; the folder is inconsistent. Delete "
                             f"{self.directory / str(step)} to fall back to an earlier one.")
-    data_iter.set_state(it.state)
+    if data_iter is not None:
+      data_iter.set_state(it.state)
     return state
 
   def _error(self, step: int, e: Exception) -> CheckpointError:
@@ -131,3 +134,28 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def restore_params(workdir: str | epath.PathLike, exp: Experiment, model=None):
+  """The ``nnx.Param`` state of the latest checkpoint in ``workdir`` (for evaluation and
+  serving), restored onto one device; raises CheckpointError when there is none."""
+  from gca_jax import parallel
+  from gca_jax.config import MeshConfig
+  from gca_jax.train.loop import abstract_train_state
+  from gca_jax.train.optim import make_optimizer
+  del model  # the layout comes from the experiment; callers nnx.update their model with it
+  ckdir = epath.Path(workdir) / "checkpoints"
+  if not ckdir.exists():
+    raise CheckpointError(f"no checkpoints in {ckdir}: train first (python -m experiments.main "
+                          f"--workdir={workdir}), or pass --random_init for a smoke run")
+  cp = Checkpointer(workdir, exp.checkpoint)
+  try:
+    step = cp.latest_step()
+    if step is None:
+      raise CheckpointError(f"{ckdir} holds no complete checkpoint: train first, or pass "
+                            "--random_init for a smoke run")
+    mesh = parallel.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
+    _, _, _, target, _ = abstract_train_state(exp, mesh, make_optimizer(exp.optim, exp.train.steps))
+    return cp.restore(step, target, None, exp).params
+  finally:
+    cp.close()

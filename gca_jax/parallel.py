@@ -3,7 +3,8 @@
 Mesh axes are ("data", "fsdp", "tensor"). Arrays name their dimensions with logical axes
 (``batch``, ``embed``, ``heads`` ...) and ``RULES`` maps each logical axis to mesh axes: the batch
 splits over data x fsdp, parameters are fully sharded over fsdp on their ``embed`` dimension
-(FSDP / ZeRO-3) and over tensor on heads / mlp / vocab. A dimension that does not divide by its
+(FSDP / ZeRO-3) and over tensor on heads / mlp / vocab; the tied embedding table is only
+split on vocab (see ``RULES``). A dimension that does not divide by its
 mesh axes stays replicated. Mesh axes are ``Auto`` so XLA propagates shardings through the model.
 """
 
@@ -13,6 +14,7 @@ import math
 from typing import Any, Sequence
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from gca_jax.config import ConfigError, MeshConfig
@@ -27,6 +29,9 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "heads": "tensor",
     "kv_heads": "tensor",
     "embed": "fsdp",
+    # The tied embedding table stays whole along embed: sharded on embed over fsdp, XLA
+    # contracts the LM head over fsdp and computes full-batch logits [B, T, V] on every chip.
+    "table_embed": None,
     "mlp": "tensor",
     "vocab": "tensor",
 }
@@ -55,7 +60,11 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
     raise ConfigError(
         f"MeshConfig(data={cfg.data}, fsdp={cfg.fsdp}, tensor={cfg.tensor}): data*fsdp*tensor = "
         f"{fixed} must equal the {n} devices (or set one axis to -1)")
-  return jax.make_mesh(tuple(sizes), AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+  types = (AxisType.Auto,) * len(AXES)
+  try:
+    return jax.make_mesh(tuple(sizes), AXES, axis_types=types, devices=devices)
+  except NotImplementedError:  # sizes that split a physical torus axis (e.g. 32x2 on 4x4x4)
+    return Mesh(np.asarray(devices).reshape(sizes), AXES, axis_types=types)
 
 
 def _names(path) -> tuple[str, ...]:
@@ -74,7 +83,7 @@ def logical_axes(path, shape: tuple[int, ...]) -> tuple[str | None, ...]:
   names = _names(path)
   leaf = names[-1] if names else ""
   if leaf == "table" and len(shape) == 2:
-    return ("vocab", "embed")
+    return ("vocab", "table_embed")
   if leaf == "scale" and len(shape) == 1:
     return ("embed",)
   if leaf == "kernel" and len(shape) == 2 and len(names) >= 2 and names[-2] in _KERNEL_AXES:

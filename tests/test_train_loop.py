@@ -97,9 +97,9 @@ def test_weight_decay_mask():
 
 def test_grad_accum_equals_one_big_batch():
   exp = get_experiment("tiny_synthetic")
-  cfg = dataclasses.replace(exp.model, gumbel=False)  # no per-micro-batch noise
-  ocfg = dataclasses.replace(exp.optim, warmup_steps=0)
-  tx = optim.make_optimizer(ocfg, 10)
+  # model-agnostic logic: the sliding-window baseline compiles fastest
+  cfg = dataclasses.replace(exp.model, model_type="sliding_window")
+  tx = optax.sgd(1.0)  # new params = params - grad (Adam would amplify rounding differences)
   graphdef, state = init_state(build_model(cfg, rngs=nnx.Rngs(0)), tx, 0)
   tokens = jax.random.randint(jax.random.PRNGKey(1), (8, 64), 4, cfg.vocab_size - 1)
   batch = {"tokens": tokens}

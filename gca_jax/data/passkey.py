@@ -95,14 +95,15 @@ def make_passkey_sample(haystack_tokens: Int[np.ndarray, "n"], length: int, rng:
   if a > c - 1:
     raise ValueError(f"answer of {a} tokens does not fit the last chunk (layout_chunk={c}); "
                      "use fewer passkey tokens or a larger layout_chunk")
-  if q > c:
-    raise ValueError(f"question of {q} tokens is longer than layout_chunk={c}")
   total = sum(len(n) for n in needles)
-  zone = big_l - 2 * c - total  # needles start in [0, zone) (haystack coordinates)
+  answer_start = big_l - c + 1
+  # Needles start in [0, zone) (haystack coordinates): at least one chunk before the question's
+  # chunk, and before the question itself when it spans several chunks.
+  zone = min(big_l - 2 * c, answer_start - q) - total
   if zone < len(needles):
     raise ValueError(f"length={big_l} is too short for {len(needles)} needle(s) of {total} tokens "
-                     f"and a layout_chunk of {c}; need length > {2 * c + total + len(needles)}")
-  answer_start = big_l - c + 1
+                     f"a question of {q} and a layout_chunk of {c}; need length > "
+                     f"{max(2 * c, c - 1 + q) + total + len(needles)}")
   prefix_len = answer_start - q
   hay = np.asarray(haystack_tokens, np.int64).reshape(-1)
   if len(hay) < prefix_len - total:

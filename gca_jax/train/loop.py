@@ -22,7 +22,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from gca_jax.config import Experiment, to_dict
+from gca_jax.config import ConfigError, Experiment, to_dict
 
 BATCH_KEYS = ("tokens", "labels", "answer_mask")  # what the train step reads
 
@@ -76,15 +76,36 @@ def write_experiment_json(exp: Experiment, workdir: str | os.PathLike) -> None:
   os.replace(tmp, path)
 
 
+def abstract_train_state(exp: Experiment, mesh, tx):
+  """``(graphdef, abstract_state, shardings, target, init_fn)`` without allocating params:
+  ``target`` holds ShapeDtypeStructs with shardings (what a checkpoint restores onto) and
+  ``jax.jit(init_fn, out_shardings=shardings)()`` builds the initial state in place."""
+  from gca_jax import parallel
+  from gca_jax.model import build_model
+  from gca_jax.train.step import init_state
+  box = {}
+
+  def init_fn():
+    model = build_model(exp.model, rngs=nnx.Rngs(exp.train.seed))
+    box["graphdef"], state = init_state(model, tx, exp.train.seed)
+    return state
+
+  abstract = jax.eval_shape(init_fn)
+  shardings = parallel.state_shardings(abstract, mesh)
+  target = jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+  return box["graphdef"], abstract, shardings, target, init_fn
+
+
 def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str, Any]:
   """Trains ``exp`` in ``workdir`` (resuming if possible); returns a summary dict."""
   from gca_jax import parallel
   from gca_jax.checkpoint import Checkpointer
   from gca_jax.data.pipeline import datasets_from_config
-  from gca_jax.model import build_model, count_params
+  from gca_jax.model import count_params
   from gca_jax.train.metrics import MetricsWriter
   from gca_jax.train.optim import lr_schedule, make_optimizer
-  from gca_jax.train.step import init_state, make_eval_step, make_train_step
+  from gca_jax.train.step import make_eval_step, make_train_step
 
   t_start = time.time()
   pid = jax.process_index()
@@ -98,22 +119,11 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
   schedule = lr_schedule(exp.optim, total)
   train_ds, val_ds, tok = datasets_from_config(exp.data, log=log)
   if tok.vocab_size != exp.model.vocab_size:
-    raise ValueError(f"the tokenizer has {tok.vocab_size} ids but model.vocab_size="
+    raise ConfigError(f"the tokenizer has {tok.vocab_size} ids but model.vocab_size="
                      f"{exp.model.vocab_size}; set both to data.vocab_size")
 
   workdir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
-  box = {}
-
-  def init_fn():
-    model = build_model(exp.model, rngs=nnx.Rngs(exp.train.seed))
-    box["graphdef"], state = init_state(model, tx, exp.train.seed)
-    return state
-
-  abstract = jax.eval_shape(init_fn)
-  graphdef = box["graphdef"]
-  shardings = parallel.state_shardings(abstract, mesh)
-  target = jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+  graphdef, abstract, shardings, target, init_fn = abstract_train_state(exp, mesh, tx)
   bsh = parallel.batch_sharding(mesh)
   rep = parallel.replicated(mesh)
 
@@ -124,8 +134,7 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
     state = ckpt.restore(latest, target, train_iter, exp)
     log(f"[{exp.name}] resumed from checkpoint step {latest} in {ckpt.directory}")
   else:
-    with mesh:
-      state = jax.jit(init_fn, out_shardings=shardings)()
+    state = jax.jit(init_fn, out_shardings=shardings)()
   start = int(jax.device_get(state.step))
   if main:
     write_experiment_json(exp, workdir)
@@ -182,11 +191,12 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
       rate = (step - s_mark) / (now - t_mark)
     t_mark, s_mark = now, step
     for s, m in zip(steps, fetched):
-      loss = float(m["loss"])
-      if not math.isfinite(loss):
+      loss, gnorm = float(m["loss"]), float(m["grad_norm"])
+      if not (math.isfinite(loss) and math.isfinite(gnorm)):
         ckpt.wait()
         raise NonFiniteLossError(
-            f"[{exp.name}] non-finite loss ({loss}) at step {s}; stopped without saving. "
+            f"[{exp.name}] non-finite loss ({loss}, gradient norm {gnorm}) at step {s}; "
+            f"stopped without saving this state. "
             f"The last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}; lower "
             f"optim.lr or raise optim.warmup_steps and rerun from it.")
       last_loss = loss
@@ -196,10 +206,13 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
                                       "retrieval_distance") if k in m}
       row.update(steps_per_sec=rate, tokens_per_sec=rate * tokens_per_step)
       writer.write(s, row)
-      eta = (total - s) / rate if rate > 0 else float("nan")
+      if math.isfinite(rate):
+        speed = (f"{rate:.2f} step/s {rate * tokens_per_step:,.0f} tok/s | "
+                 f"ETA {_fmt_eta((total - s) / rate)}")
+      else:
+        speed = f"first step {summary.get('first_step_seconds', 0):.1f}s (compile)"
       log(f"[{exp.name}] step {s}/{total} ({100 * s / total:.0f}%) loss {loss:.4f} "
-          f"lr {row.get('lr', 0):.2e} gnorm {row['grad_norm']:.2f} | {rate:.2f} step/s "
-          f"{rate * tokens_per_step:,.0f} tok/s | ETA {_fmt_eta(eta)}")
+          f"lr {row.get('lr', 0):.2e} gnorm {gnorm:.2f} | {speed}")
 
   try:
     step = start
@@ -226,9 +239,12 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
         last_saved = step
     if pending:
       flush(step)
-    if summary["preempted"] and last_saved != step:
-      ckpt.save(step, state, train_iter, exp)
+    if summary["preempted"]:
+      if last_saved != step:
+        ckpt.save(step, state, train_iter, exp)
       log(f"[{exp.name}] preempted: saved checkpoint step {step}; rerun the same command to resume")
+    elif start >= total:
+      log(f"[{exp.name}] already at step {start} of {total}: nothing to train")
     ckpt.wait()
   finally:
     preempt.close()

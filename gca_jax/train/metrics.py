@@ -38,7 +38,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 def _clean(v):
   v = float(v)
-  return v if math.isfinite(v) else str(v)  # JSON has no NaN/inf
+  return v if math.isfinite(v) else None  # JSON has no NaN/inf
 
 
 class MetricsWriter:
@@ -62,8 +62,9 @@ class MetricsWriter:
     self._file.write(json.dumps(row) + "\n")
     self._file.flush()
     if self._tb is not None:
-      for k, v in values.items():
-        self._tb.add_scalar(f"{prefix}/{k}", float(v), int(step))
+      for k, v in row.items():
+        if k != "step" and v is not None:
+          self._tb.add_scalar(f"{prefix}/{k}", v, int(step))
       self._tb.flush()
 
   def close(self) -> None:

@@ -101,7 +101,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule=None, *
       aux = {k: (v if k in ("nll_sum", "tokens") else v / grad_accum) for k, v in aux.items()}
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
     if schedule is not None:
       metrics["lr"] = schedule(state.step)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics

@@ -1,0 +1,1 @@
+"""Long-context evaluation: passkey / NIAH accuracy and perplexity against length, reports."""

@@ -1,0 +1,182 @@
+"""Exact resume after SIGKILL, checkpoint on SIGTERM, clear errors for bad checkpoints and
+non-finite losses. Runs ``python -m experiments.main`` on ``tiny_synthetic`` (no network)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+from etils import epath
+
+from experiments.registry import get_experiment
+from gca_jax.checkpoint import CheckpointError
+from gca_jax.config import apply_overrides
+from gca_jax.train.loop import NonFiniteLossError, train
+from gca_jax.train.metrics import read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Same program in every subprocess: the persistent compilation cache makes reruns cheap.
+COMPILE_CACHE = os.path.join(tempfile.gettempdir(), "gca_jax_test_compile_cache")
+SETS = ["--set=train.steps=60", "--set=train.eval_every=0", "--set=checkpoint.every=10"]
+
+
+def _env(cache_dir) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", GCA_JAX_CACHE=str(cache_dir),
+             XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_COMPILATION_CACHE_DIR=COMPILE_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env.pop("GCA_JAX_DISTRIBUTED", None)
+  return env
+
+
+def _cmd(workdir, *extra) -> list[str]:
+  return [sys.executable, "-m", "experiments.main", "--experiment=tiny_synthetic",
+          f"--workdir={workdir}", *SETS, *extra]
+
+
+def _losses(workdir) -> dict[int, float]:
+  return {r["step"]: r["loss"] for r in read_metrics(epath.Path(workdir) / "metrics.jsonl")
+          if "loss" in r}
+
+
+def _checkpoints(workdir) -> list[int]:
+  d = epath.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+
+
+def _wait_for(pred, proc, timeout=120.0):
+  t0 = time.time()
+  while not pred():
+    assert proc.poll() is None, f"the run ended early: {proc.communicate()}"
+    assert time.time() - t0 < timeout, "timed out"
+    time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("data_cache")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache_dir):
+  """An uninterrupted run's workdir."""
+  workdir = tmp_path_factory.mktemp("ref") / "w"
+  proc = subprocess.run(_cmd(workdir), cwd=REPO, env=_env(cache_dir), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert sorted(_losses(workdir)) == list(range(1, 61))
+  return workdir
+
+
+def test_sigkill_then_rerun_reproduces_losses_bit_for_bit(reference, cache_dir, tmp_path):
+  workdir = tmp_path / "w"
+  kill_at = random.Random().randint(12, 45)
+  proc = subprocess.Popen(_cmd(workdir), cwd=REPO, env=_env(cache_dir), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  try:
+    _wait_for(lambda: _checkpoints(workdir) and max(_losses(workdir), default=0) >= kill_at, proc)
+  finally:
+    proc.kill()
+    proc.communicate()
+  killed_at = max(_losses(workdir))
+  assert killed_at < 60, "the run finished before it was killed"
+  proc = subprocess.run(_cmd(workdir), cwd=REPO, env=_env(cache_dir), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resumed from checkpoint step" in proc.stdout
+  ref, got = _losses(reference), _losses(workdir)
+  assert sorted(got) == sorted(ref) == list(range(1, 61))
+  diff = {s: (ref[s], got[s]) for s in ref if ref[s] != got[s]}
+  assert not diff, f"killed at step {killed_at}; losses differ at {diff}"
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_0(cache_dir, tmp_path):
+  workdir = tmp_path / "w"
+  err_path = tmp_path / "stderr.txt"
+  proc = subprocess.Popen(_cmd(workdir), cwd=REPO, env=_env(cache_dir), stdout=subprocess.PIPE,
+                          stderr=err_path.open("w"), text=True)
+  try:
+    _wait_for(lambda: max(_losses(workdir), default=0) >= 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, err_path.read_text()[-3000:]
+  assert "preempted: saved checkpoint" in out
+  last = max(_losses(workdir))
+  assert last < 60
+  assert _checkpoints(workdir)[-1] == last, (_checkpoints(workdir), last)
+
+
+def _exp(cache_dir, *sets):
+  return apply_overrides(get_experiment("tiny_synthetic"),
+                         [s.removeprefix("--set=") for s in SETS] + [f"data.cache_dir={cache_dir}",
+                                                                    *sets])
+
+
+def test_truncated_checkpoint_is_a_clear_error(reference, cache_dir, tmp_path):
+  workdir = tmp_path / "w"
+  subprocess.run(["cp", "-r", str(reference), str(workdir)], check=True)
+  step_dir = workdir / "checkpoints" / "60" / "state"
+  for f in step_dir.rglob("*"):
+    if f.is_file() and f.stat().st_size > 0:
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+  with pytest.raises(CheckpointError) as e:
+    train(_exp(cache_dir, "train.steps=70"), str(workdir))
+  msg = str(e.value)
+  assert "step 60" in msg and str(workdir) in msg and "Delete" in msg
+
+
+def test_other_model_config_is_a_clear_error(reference, cache_dir, tmp_path):
+  workdir = tmp_path / "w"
+  subprocess.run(["cp", "-r", str(reference), str(workdir)], check=True)
+  with pytest.raises(CheckpointError, match=r"model.d_model: checkpoint 32, now 64"):
+    train(_exp(cache_dir, "model.d_model=64"), str(workdir))
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(cache_dir, tmp_path):
+  workdir = tmp_path / "w"
+  exp = _exp(cache_dir, "optim.lr=1e30", "optim.min_lr=0", "checkpoint.every=1",
+             "checkpoint.async_save=false", "train.steps=20",
+             "model.model_type=sliding_window")  # any model diverges; this one compiles fastest
+  with pytest.raises(NonFiniteLossError, match=r"non-finite loss .* at step (\d+)") as e:
+    train(exp, str(workdir))
+  bad = int(str(e.value).split(" at step ")[1].split(";")[0])
+  steps = _checkpoints(workdir)
+  assert steps and steps[-1] == bad - 1, (steps, bad)
+  assert f"last good checkpoint is step {bad - 1}" in str(e.value)
+
+
+def test_restore_onto_another_mesh(reference, cache_dir):
+  """A checkpoint written on one device restores onto a 2x2x2 (data, fsdp, tensor) mesh."""
+  import jax
+  import numpy as np
+
+  from gca_jax import parallel
+  from gca_jax.checkpoint import Checkpointer
+  from gca_jax.config import MeshConfig
+  from gca_jax.train.loop import abstract_train_state
+  from gca_jax.train.optim import make_optimizer
+
+  exp = _exp(cache_dir)
+  tx = make_optimizer(exp.optim, exp.train.steps)
+  ckpt = Checkpointer(reference, exp.checkpoint)
+  states = {}
+  for name, mesh_cfg in (("one", MeshConfig(data=1)), ("eight", MeshConfig(data=2, fsdp=2, tensor=2))):
+    mesh = parallel.make_mesh(mesh_cfg, jax.devices()[:mesh_cfg.data * mesh_cfg.fsdp * mesh_cfg.tensor])
+    _, _, shardings, target, _ = abstract_train_state(exp, mesh, tx)
+    states[name] = ckpt.restore(60, target, None, exp)
+    for leaf, sh in zip(jax.tree_util.tree_leaves(states[name]), jax.tree_util.tree_leaves(shardings)):
+      assert leaf.sharding == sh
+  ckpt.close()
+  sharded = [x for x in jax.tree_util.tree_leaves(states["eight"].params)
+             if not x.sharding.is_fully_replicated]
+  assert sharded, "expected some parameters to be split over fsdp / tensor"
+  for a, b in zip(jax.tree_util.tree_leaves(states["one"]), jax.tree_util.tree_leaves(states["eight"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
