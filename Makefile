@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench data clean
+.PHONY: demo replicate test bench data clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): requirements.txt pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m experiments.demo --workdir=runs/demo
+
+replicate: $(STAMP)
+	$(PY) -m experiments.replicate --workdir=runs/replicate
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -n 2 --dist=loadfile tests

@@ -1,85 +1,377 @@
-"""A small end-to-end job: train a tiny DRT on a generated passkey task and watch it learn to
-retrieve. Prints the loss going down, answer accuracy and where the retriever looks.
+"""``make demo``: a tiny DRT trained on real text with passkey needles, evaluated far past its
+training length.
 
-python -m experiments.demo --workdir=runs/demo [--steps=300]
+  python -m experiments.demo --workdir=runs/demo [--baselines] [--set=section.field=value ...]
+
+The data cache is ``$GCA_JAX_CACHE`` or ``<repo>/.cache/gca_jax`` (``--set=data.cache_dir=DIR``).
+
+Stages (each skipped when its output already exists, so a rerun only does what is missing):
+
+1. fetch the public-domain ``books`` corpus into the data cache (``gca_jax.data.fetch``);
+2. build the sentencepiece tokenizer (digits split) and the token store (cached);
+3. train ``demo_drt`` (``experiments/registry.py``) in ``<workdir>/demo_drt`` with
+   ``gca_jax.train.loop.train`` (resumes from the last checkpoint; a finished run is reused);
+4. evaluate on the held-out split: single passkey from 1x to 1024x the training length
+   (``--passkey_samples`` per length up to 64x, ``--passkey_long_samples`` beyond) and
+   perplexity from 1x to 64x over the same held-out tokens at every length;
+5. write ``<workdir>/results.json``, ``results.md`` (the printed table) and ``results.png``.
+
+``--baselines`` adds ``demo_sliding_window`` and ``demo_full_attention`` (same size, data,
+samples and steps). Full attention costs O(L^2) per sequence; lengths above
+``--full_attention_max_length`` are reported as not run, with the reason.
+
+Passkey ``accuracy`` is the paper's metric (method-spec §7.2: the first answer token under
+teacher forcing, with the anti-leak zero); ``exact_match`` is all answer digits under greedy
+decoding. Evaluated rows are cached in ``<workdir>/eval_cache.json`` keyed by model, training
+step, length, samples and seed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from flax import nnx  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
-from gca_jax.config import ModelConfig, OptimConfig  # noqa: E402
-from gca_jax.data.synthetic import passkey_batch  # noqa: E402
-from gca_jax.model import build_model, count_params  # noqa: E402
-from gca_jax.train.optim import lr_schedule, make_optimizer  # noqa: E402
-from gca_jax.train.step import init_state, make_train_step  # noqa: E402
+WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Demo folder: runs, evals, results.")
+BASELINES = flags.DEFINE_bool("baselines", False, "Also train/evaluate the sliding-window and "
+                              "full-attention baselines of equal size.")
+SET = flags.DEFINE_multi_string("set", [], "Override section.field=value for every model.")
+MULTIPLIERS = flags.DEFINE_string("multipliers", "1,2,4,8,16,32,64,128,256,512,1024",
+                                  "Passkey lengths as multiples of the training length.")
+PPL_MULTIPLIERS = flags.DEFINE_string("ppl_multipliers", "1,2,4,8,16,32,64",
+                                      "Perplexity lengths as multiples of the training length.")
+PASSKEY_SAMPLES = flags.DEFINE_integer("passkey_samples", 100, "Passkey samples per length <= 64x.")
+PASSKEY_LONG_SAMPLES = flags.DEFINE_integer("passkey_long_samples", 20,
+                                            "Passkey samples per length > 64x.")
+PPL_WINDOWS = flags.DEFINE_integer("ppl_windows", 8, "Held-out windows at the longest perplexity "
+                                   "length; every length scores the same tokens.")
+FA_MAX = flags.DEFINE_integer("full_attention_max_length", 4096,
+                              "Longest passkey length run for full attention (O(L^2)).")
+FA_PPL_MAX = flags.DEFINE_integer("full_attention_max_ppl_length", 16384,
+                                  "Longest perplexity length run for full attention.")
+EVAL_SEED = flags.DEFINE_integer("eval_seed", 0, "Seed of the passkey samples.")
 
-FLAGS = flags.DEFINE_string("workdir", "runs/demo", "where the summary JSON goes")
-STEPS = flags.DEFINE_integer("steps", 300, "training steps")
-BATCH = flags.DEFINE_integer("batch", 16, "batch size")
-LENGTH = flags.DEFINE_integer("length", 240, "raw tokens per training sequence")
-ANSWER_WEIGHT = flags.DEFINE_float("answer_weight", 100.0, "extra loss weight of each answer digit")
-
-
-def evaluate(graphdef, params, cfg: ModelConfig, length: int, n: int = 64) -> dict:
-  """Teacher-forced answer accuracy and the chunk weight the answer chunk puts on the needle."""
-  data = passkey_batch(seed=1, start_index=0, batch=n, length=length, chunk=cfg.chunk_size,
-                       vocab_size=cfg.vocab_size)
-  fwd = jax.jit(lambda p, x: nnx.merge(graphdef, p).forward(x))
-  out = fwd(params, jnp.asarray(data["tokens"]))
-  pred = np.asarray(jnp.argmax(out["logits"], -1))
-  tokens, mask = data["tokens"], data["answer_mask"]
-  hit = pred[:, :-1] == tokens[:, 1:]
-  digit_acc = float(hit[mask[:, 1:]].mean())
-  hit = hit | ~mask[:, 1:]
-  idx, w = (np.asarray(a) for a in out["retrieval"][0])
-  last = idx.shape[1] - 2  # the landmark whose picks serve the answer chunk
-  needle_chunk = data["needle_pos"] // cfg.chunk_size
-  on_needle = (idx[:, last] == needle_chunk[:, None]) | (idx[:, last] == (needle_chunk[:, None] + 1))
-  return {"answer_accuracy": float(hit.all(1).mean()), "digit_accuracy": digit_acc,
-          "needle_weight": float((w[:, last] * on_needle).sum(1).mean())}
+DRT, SLIDING, FULL = "drt", "sliding_window", "full_attention"
+EXPERIMENTS = {DRT: "demo_drt", SLIDING: "demo_sliding_window", FULL: "demo_full_attention"}
+LONG_FROM = 64  # multipliers above this use the long sample count
 
 
-def main(_):
-  cfg = ModelConfig(vocab_size=64, chunk_size=15, window=32, top_k=3)
-  optim = OptimConfig(lr=2e-3, min_lr=2e-4, warmup_steps=50)
-  steps, batch, length = STEPS.value, BATCH.value, LENGTH.value
-  model = build_model(cfg, rngs=nnx.Rngs(0))
-  tx = make_optimizer(optim, steps)
-  graphdef, state = init_state(model, tx, seed=0)
-  step_fn = jax.jit(make_train_step(graphdef, tx, lr_schedule(optim, steps), answer_loss_weight=ANSWER_WEIGHT.value))
-  print(f"tiny DRT: {count_params(model):,} parameters; {length} tokens x {batch}; chunk {cfg.chunk_size}, "
-        f"top-{cfg.top_k}, window {cfg.window}")
-  print(f"{'step':>5} {'loss':>7} {'lm_nll':>7} {'digit_acc':>9} {'answer_acc':>10} {'needle_w':>8} {'s':>6}")
-  t0, history = time.time(), []
-  for i in range(steps):
-    b = passkey_batch(seed=0, start_index=i * batch, batch=batch, length=length, chunk=cfg.chunk_size,
-                      vocab_size=cfg.vocab_size)
-    state, m = step_fn(state, {"tokens": jnp.asarray(b["tokens"]), "answer_mask": jnp.asarray(b["answer_mask"])})
-    if (i + 1) % 50 == 0 or i == 0:
-      ev = evaluate(graphdef, state.params, cfg, length)
-      row = {"step": i + 1, "loss": float(m["loss"]), "lm_nll": float(m["nll_sum"] / m["tokens"]), **ev,
-             "seconds": round(time.time() - t0, 1)}
-      history.append(row)
-      print(f"{row['step']:>5} {row['loss']:>7.3f} {row['lm_nll']:>7.3f} {row['digit_accuracy']:>9.2f} {row['answer_accuracy']:>10.2f} "
-            f"{row['needle_weight']:>8.2f} {row['seconds']:>6}")
-  longer = {n * length: evaluate(graphdef, state.params, cfg, n * length, n=16) for n in (4, 16)}
-  for n, ev in longer.items():
-    print(f"at {n} tokens: digit accuracy {ev['digit_accuracy']:.2f}, answer accuracy {ev['answer_accuracy']:.2f}, "
-          f"needle weight {ev['needle_weight']:.2f}")
-  os.makedirs(FLAGS.value, exist_ok=True)
-  with open(os.path.join(FLAGS.value, "summary.json"), "w") as f:
-    json.dump({"history": history, "longer": longer}, f, indent=1)
+def _log(msg: str) -> None:
+  print(msg, flush=True)
+
+
+def _ints(text: str) -> list[int]:
+  return sorted({int(x) for x in str(text).split(",") if x.strip()})
+
+
+def experiment(kind: str, overrides: list[str]):
+  from experiments.registry import get_experiment
+  from gca_jax.config import apply_overrides
+  return apply_overrides(get_experiment(EXPERIMENTS[kind]), list(overrides))
+
+
+def fetch(exp) -> None:
+  """Stage 1: the corpus (skipped for a corpus given as a folder path)."""
+  from gca_jax.data import fetch as fetch_lib
+  from gca_jax.data import sources
+  if exp.data.corpus in sources.CORPORA:
+    fetch_lib.fetch_corpus(exp.data.corpus, exp.data.cache_dir, log=_log)
+
+
+def trained_step(workdir: str) -> int | None:
+  """The step of a finished training run in ``workdir`` (None if not finished)."""
+  path = os.path.join(workdir, "summary.json")
+  if not os.path.exists(path):
+    return None
+  s = json.load(open(path))
+  return None if s.get("preempted") else int(s.get("step", 0))
+
+
+def train(exp, workdir: str) -> dict:
+  """Stage 3: trains (or resumes, or reuses) ``exp`` in ``workdir``."""
+  from gca_jax.config import to_dict
+  step = trained_step(workdir)
+  exp_path = os.path.join(workdir, "experiment.json")
+  same = os.path.exists(exp_path) and json.load(open(exp_path)) == json.loads(json.dumps(to_dict(exp)))
+  if step is not None and step >= exp.train.steps and same:
+    _log(f"[{exp.name}] finished run found in {workdir} (step {step}): reusing it")
+    return json.load(open(os.path.join(workdir, "summary.json")))
+  if os.path.exists(exp_path) and not same:
+    raise SystemExit(f"error: {workdir} holds a run of a different experiment; remove it or use "
+                     "another --workdir")
+  from gca_jax.train.loop import train as train_loop
+  return train_loop(exp, workdir)
+
+
+class EvalCache:
+  """Evaluated rows in ``<workdir>/eval_cache.json``, written after every row."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.rows = json.load(open(path)) if os.path.exists(path) else {}
+
+  def get(self, key: str):
+    return self.rows.get(key)
+
+  def put(self, key: str, row: dict) -> None:
+    self.rows[key] = row
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(self.rows, f, indent=1)
+    os.replace(tmp, self.path)
+
+
+def passkey_batch(length: int, samples: int) -> int:
+  """Samples per batch: about 12K tokens per batch, whole batches of the sample count."""
+  b = max(1, min(samples, 12288 // length))
+  while samples % b:
+    b -= 1
+  return b
+
+
+def passkey_rows(kind: str, exp, run_dir: str, step: int, cache: EvalCache, hay, tok,
+                 plan: list[tuple[int, int]], *, variant: str = "single", run: str | None = None,
+                 seed: int = 0, fa_max: int = 4096, state: dict | None = None) -> list[dict]:
+  """Passkey rows for ``plan`` = [(multiplier, samples)] (cached rows are reused)."""
+  from gca_jax.evals import passkey, runtime
+  state = {} if state is None else state  # the loaded model and its engines, shared by calls
+  t = exp.data.seq_len
+  run = run or exp.name
+  rows = []
+  for m, samples in plan:
+    n = t * m
+    key = f"passkey|{run}|{variant}|step{step}|L{n}|n{samples}|seed{seed}"
+    row = cache.get(key)
+    if row is None:
+      base = {"model": kind, "run": run, "variant": variant, "length": n, "multiplier": m,
+              "samples": samples}
+      if kind == FULL and n > fa_max:
+        row = runtime.not_run({**base, "accuracy": None, "exact_match": None},
+                              f"full attention is O(L^2) per sequence; lengths above {fa_max} "
+                              "tokens are not run in the demo (--full_attention_max_length)")
+      else:
+        r = passkey.passkey_eval(_model(exp, run_dir, state), tok, hay, [n], variant=variant,
+                                 samples=samples, seed=seed, token_cnt=exp.data.passkey_tokens or None,
+                                 batch=passkey_batch(n, samples), engines=state.setdefault("engines", {}),
+                                 model_name=kind, log=lambda *_: None)[0]
+        row = {**base, **{k: r[k] for k in ("accuracy", "exact_match", "seconds", "not_run", "reason")
+                          if k in r}}
+      cache.put(key, row)
+    _log(f"  passkey {run:24s} {m:6d}x {n:9d} tokens: " + (
+        f"accuracy {row['accuracy']:.3f} exact {row['exact_match']:.3f} ({row['samples']} samples, "
+        f"{row.get('seconds', 0):.0f}s)" if not row.get("not_run") else f"not run ({row['reason']})"))
+    rows.append(row)
+  return rows
+
+
+def ppl_rows(kind: str, exp, run_dir: str, step: int, cache: EvalCache, hay, multipliers: list[int],
+             windows: int, *, run: str | None = None, fa_max: int = 16384,
+             state: dict | None = None) -> list[dict]:
+  """Perplexity rows; every length scores the same ``windows`` x longest-length held-out tokens."""
+  from gca_jax.evals import perplexity, runtime
+  state = {} if state is None else state
+  t = exp.data.seq_len
+  run = run or exp.name
+  span = t * max(multipliers) * windows
+  if span > len(hay):
+    raise ValueError(f"perplexity needs {span} held-out tokens, the split has {len(hay)}: "
+                     "lower --ppl_windows or --ppl_multipliers")
+  rows = []
+  for m in multipliers:
+    n = t * m
+    key = f"ppl|{run}|step{step}|L{n}|tokens{span}"
+    row = cache.get(key)
+    if row is None:
+      base = {"model": kind, "run": run, "length": n, "multiplier": m}
+      if kind == FULL and n > fa_max:
+        row = runtime.not_run({**base, "ppl": None},
+                              f"full attention is O(L^2) per sequence; lengths above {fa_max} "
+                              "tokens are not run in the demo (--full_attention_max_ppl_length)")
+      else:
+        nwin = span // n
+        r = perplexity.perplexity_eval(_model(exp, run_dir, state), hay[:span], [n],
+                                       max_windows=nwin, batch=passkey_batch(n, nwin),
+                                       engines=state.setdefault("engines", {}), model_name=kind,
+                                       log=lambda *_: None)[0]
+        row = {**base, **{k: r[k] for k in ("ppl", "nll", "windows", "tokens", "seconds", "not_run",
+                                            "reason") if k in r}}
+      cache.put(key, row)
+    _log(f"  ppl     {run:24s} {m:6d}x {n:9d} tokens: " + (
+        f"{row['ppl']:.3f} ({row['windows']} windows, {row.get('seconds', 0):.0f}s)"
+        if not row.get("not_run") else f"not run ({row['reason']})"))
+    rows.append(row)
+  return rows
+
+
+def _model(exp, run_dir: str, state: dict):
+  if "model" not in state:
+    from gca_jax.evals.cli import load_model
+    state["model"], _ = load_model(exp, run_dir, False)
+  return state["model"]
+
+
+def evaluate(kind: str, exp, run_dir: str, step: int, cache: EvalCache, hay, tok) -> tuple[list, list]:
+  """Stage 4 for one model: passkey and perplexity rows."""
+  state: dict = {}
+  plan = [(m, PASSKEY_SAMPLES.value if m <= LONG_FROM else PASSKEY_LONG_SAMPLES.value)
+          for m in _ints(MULTIPLIERS.value)]
+  pk = passkey_rows(kind, exp, run_dir, step, cache, hay, tok, plan, seed=EVAL_SEED.value,
+                    fa_max=FA_MAX.value, state=state)
+  pp = ppl_rows(kind, exp, run_dir, step, cache, hay, _ints(PPL_MULTIPLIERS.value), PPL_WINDOWS.value,
+                fa_max=FA_PPL_MAX.value, state=state)
+  return pk, pp
+
+
+def _cell(row: dict | None, fmt) -> str:
+  if row is None:
+    return ""
+  if row.get("not_run"):
+    return "not run"
+  return fmt(row)
+
+
+def markdown(results: dict) -> str:
+  """The demo table: passkey accuracy (exact match) and perplexity per length and model."""
+  models = [m for m in (DRT, SLIDING, FULL) if any(r["model"] == m for r in results["passkey"])]
+  t = results["train_length"]
+  lengths = sorted({r["length"] for r in results["passkey"]} | {r["length"] for r in results["ppl"]})
+  pk = {(r["model"], r["length"]): r for r in results["passkey"]}
+  pp = {(r["model"], r["length"]): r for r in results["ppl"]}
+  head = ["length", "x train"] + [f"passkey {m}" for m in models] + [f"ppl {m}" for m in models]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for n in lengths:
+    cells = [f"{n:,}", f"{n / t:g}x"]
+    cells += [_cell(pk.get((m, n)), lambda r: f"{100 * r['accuracy']:.0f}% ({100 * r['exact_match']:.0f}%) "
+                    f"n={r['samples']}") for m in models]
+    cells += [_cell(pp.get((m, n)), lambda r: f"{r['ppl']:.2f}") for m in models]
+    lines.append("| " + " | ".join(cells) + " |")
+  reasons = sorted({r["reason"] for r in results["passkey"] + results["ppl"] if r.get("not_run")})
+  notes = "".join(f"\nnot run: {r}" for r in reasons)
+  return ("Passkey: accuracy of the first answer digit (teacher forced, method-spec §7.2), in "
+          "brackets all 5 digits by greedy decoding; n = samples. Perplexity: held-out text, the "
+          "same tokens at every length.\n\n" + "\n".join(lines) + "\n" + notes + ("\n" if notes else ""))
+
+
+def plot(results: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+  for m in (DRT, SLIDING, FULL):
+    pk = sorted((r["length"], r["accuracy"], r["exact_match"]) for r in results["passkey"]
+                if r["model"] == m and not r.get("not_run"))
+    if pk:
+      line, = a1.plot([p[0] for p in pk], [100 * p[1] for p in pk], marker="o", label=f"{m} (first digit)")
+      a1.plot([p[0] for p in pk], [100 * p[2] for p in pk], marker="x", ls="--", color=line.get_color(),
+              label=f"{m} (all 5 digits)")
+    pp = sorted((r["length"], r["ppl"]) for r in results["ppl"] if r["model"] == m and not r.get("not_run"))
+    if pp:
+      a2.plot([p[0] for p in pp], [p[1] for p in pp], marker="o", label=m)
+  t = results["train_length"]
+  for ax, title, ylabel in ((a1, "single passkey", "accuracy (%)"), (a2, "held-out perplexity", "ppl")):
+    ax.axvline(t, color="grey", ls=":", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"length (tokens; training length {t} dotted)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8)
+  a1.set_ylim(-3, 103)
+  fig.suptitle(f"tiny DRT ({results['parameters'].get(DRT, 0):,} parameters), trained at {t} tokens")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def run(workdir: str, overrides: list[str], baselines: bool) -> dict:
+  t0 = time.time()
+  timings: dict[str, float] = {}
+  kinds = [DRT, SLIDING, FULL] if baselines else [DRT]
+  exps = {k: experiment(k, overrides) for k in kinds}
+  drt = exps[DRT]
+  os.makedirs(workdir, exist_ok=True)
+
+  _log("== 1. corpus")
+  fetch(drt)
+  timings["fetch"] = time.time() - t0
+
+  _log("== 2. tokenizer and token store")
+  t1 = time.time()
+  from gca_jax.data import token_store, tokenizer
+  tok = tokenizer.build_tokenizer(drt.data.corpus, drt.data.vocab_size, drt.data.cache_dir, log=_log)
+  store = token_store.token_store_for(drt.data.corpus, tok, drt.data.cache_dir, drt.data.val_fraction,
+                                      log=_log)
+  import numpy as np
+  hay = np.asarray(token_store.load_split(store, "validation").tokens)
+  timings["tokenizer"] = time.time() - t1
+  _log(f"held-out split: {len(hay):,} tokens")
+
+  summaries, steps = {}, {}
+  for k in kinds:
+    _log(f"== 3. train {exps[k].name}")
+    t1 = time.time()
+    summaries[k] = train(exps[k], os.path.join(workdir, exps[k].name))
+    steps[k] = trained_step(os.path.join(workdir, exps[k].name)) or exps[k].train.steps
+    timings[f"train_{k}"] = time.time() - t1
+
+  cache = EvalCache(os.path.join(workdir, "eval_cache.json"))
+  passkey_rows, ppl_rows = [], []
+  for k in kinds:
+    _log(f"== 4. evaluate {exps[k].name}")
+    t1 = time.time()
+    pk, pp = evaluate(k, exps[k], os.path.join(workdir, exps[k].name), steps[k], cache, hay, tok)
+    passkey_rows += pk
+    ppl_rows += pp
+    timings[f"eval_{k}"] = time.time() - t1
+
+  results = {
+      "train_length": drt.data.seq_len,
+      "passkey": passkey_rows,
+      "ppl": ppl_rows,
+      "parameters": {k: s.get("parameters") for k, s in summaries.items()},
+      "train_steps": steps,
+      "train_seconds": {k: s.get("wall_seconds") for k, s in summaries.items()},
+      "experiments": {k: e.name for k, e in exps.items()},
+      "overrides": list(overrides),
+      "held_out_tokens": int(len(hay)),
+      "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
+  }
+  drt_ppl = {r["multiplier"]: r["ppl"] for r in ppl_rows if r["model"] == DRT and not r.get("not_run")}
+  if drt_ppl:
+    lo, hi = min(drt_ppl), max(drt_ppl)
+    results["drt_ppl_change_longest_vs_1x"] = drt_ppl[hi] / drt_ppl[lo] - 1.0
+  with open(os.path.join(workdir, "results.json.tmp"), "w") as f:
+    json.dump(results, f, indent=1)
+  os.replace(os.path.join(workdir, "results.json.tmp"), os.path.join(workdir, "results.json"))
+  table = markdown(results)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(table)
+  plot(results, os.path.join(workdir, "results.png"))
+  timings["total"] = time.time() - t0
+  _log("\n" + table)
+  _log(f"wrote {workdir}/results.json, results.md, results.png in {timings['total'] / 60:.1f} min")
+  return results
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; use --flag=value")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  from gca_jax.config import ConfigError
+  try:
+    run(WORKDIR.value, SET.value, BASELINES.value)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
 
 
 if __name__ == "__main__":

@@ -22,12 +22,13 @@ from collections.abc import Callable
 from absl import app, flags, logging
 
 from gca_jax.evals import cli as eval_cli
+from gca_jax.flagdefs import define
 
-_EXPERIMENT = flags.DEFINE_string("experiment", None, "Registered experiment name.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, experiment.json.")
-_SET = flags.DEFINE_multi_string("set", [], "Override section.field=value (repeatable).")
-_SWEEP = flags.DEFINE_string("sweep", None, "Registered sweep: run each of its runs in turn.")
-_MODE = flags.DEFINE_string("mode", "train", "What to do with the experiment (see MODES).")
+_EXPERIMENT = define("string", "experiment", None, "Registered experiment name.")
+_WORKDIR = define("string", "workdir", None, "Run folder: checkpoints, metrics, experiment.json.")
+_SET = define("multi_string", "set", [], "Override section.field=value (repeatable).")
+_SWEEP = define("string", "sweep", None, "Registered sweep: run each of its runs in turn.")
+_MODE = define("string", "mode", "train", "What to do with the experiment (see MODES).")
 _LIST = flags.DEFINE_bool("list", False, "List registered experiments and sweeps, then exit.")
 
 

@@ -148,5 +148,10 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def jit_train_step(train_step, state, mesh: Mesh):
   """``train_step`` jitted with state / batch shardings, replicated metrics, donated state."""
   state_sh = state_shardings(state, mesh)
-  return jax.jit(train_step, in_shardings=(state_sh, batch_sharding(mesh)),
+
+  def step_under_mesh(state, batch):  # the model reads the mesh for its sharding hints
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return train_step(state, batch)
+
+  return jax.jit(step_under_mesh, in_shardings=(state_sh, batch_sharding(mesh)),
                  out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)

@@ -16,15 +16,19 @@ import sys
 
 from absl import app, flags
 
+from gca_jax.flagdefs import define
+
 from launch import remote
 from launch.errors import LaunchError
 
 _NODES = flags.DEFINE_integer("nodes", None, "Number of nodes.")
 _GPUS = flags.DEFINE_integer("gpus_per_node", None, "GPUs per node.")
-_EXPERIMENT = flags.DEFINE_string("experiment", None, "Registered experiment name.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (shared filesystem or gs://).")
-_SET = flags.DEFINE_multi_string("set", [], "Config override key=value.")
-_ENV = flags.DEFINE_multi_string("env", [], "KEY=VALUE exported on every node.")
+
+
+_EXPERIMENT = define("string", "experiment", None, "Registered experiment name.")
+_WORKDIR = define("string", "workdir", None, "Run directory (shared filesystem or gs://).")
+_SET = define("multi_string", "set", [], "Config override key=value.")
+_ENV = define("multi_string", "env", [], "KEY=VALUE exported on every node.")
 _JOB = flags.DEFINE_string("job_name", "gca-jax", "Slurm job name.")
 _PARTITION = flags.DEFINE_string("partition", None, "Slurm partition.")
 _ACCOUNT = flags.DEFINE_string("account", None, "Slurm account.")

@@ -21,6 +21,8 @@ import sys
 
 from absl import app, flags
 
+from gca_jax.flagdefs import define
+
 from launch import manifest, remote, settings, sweep
 from launch.cluster import Cluster, Preempted, Timing
 from launch.errors import LaunchError
@@ -43,12 +45,12 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands instead of ru
 _GCLOUD = flags.DEFINE_string("gcloud", "gcloud", "The gcloud executable.")
 _REPO = flags.DEFINE_string("repo_dir", None, "Git repository to ship (default: the one around cwd).")
 _RUNS = flags.DEFINE_string("runs_dir", str(manifest.DEFAULT_RUNS_DIR), "Where run manifests go.")
-_EXPERIMENT = flags.DEFINE_string("experiment", None, "Registered experiment name.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory, local or gs:// (default <bucket>/<experiment>).")
-_SET = flags.DEFINE_multi_string("set", [], "Config override key=value, passed to the program.")
-_ENV = flags.DEFINE_multi_string("env", [], "KEY=VALUE exported on every worker.")
+_EXPERIMENT = define("string", "experiment", None, "Registered experiment name.")
+_WORKDIR = define("string", "workdir", None, "Run directory, local or gs:// (default <bucket>/<experiment>).")
+_SET = define("multi_string", "set", [], "Config override key=value, passed to the program.")
+_ENV = define("multi_string", "env", [], "KEY=VALUE exported on every worker.")
 _GRID = flags.DEFINE_multi_string("grid", [], "sweep: key=v1,v2,... ; specs are the cartesian product.")
-_SWEEP = flags.DEFINE_string("sweep", None, "sweep: name resolved by experiments.registry.expand_sweep.")
+_SWEEP = define("string", "sweep", None, "sweep: name resolved by experiments.registry.expand_sweep.")
 _RUN_ID = flags.DEFINE_string("run_id", None, "run: reuse this id; logs/stop/status: default latest run.")
 _WAIT = flags.DEFINE_bool("wait", False, "run: wait for the end, recreating the TPU after preemption.")
 _KEEP_GOING = flags.DEFINE_bool("keep_going", False, "sweep: continue after a failed run.")

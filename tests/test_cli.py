@@ -30,7 +30,7 @@ def _run(tmp_path, *args):
     (["--experiment=tiny_cpu", "--set=train.steps=many"], "expected a value of type int"),
     (["--experiment=tiny_cpu", "--set=train.steps=0"], "TrainConfig.steps=0"),
     (["--experiment=tiny_cpu", "--set=model.vocab_size=512"], "must equal data.vocab_size"),
-    (["--experiment=tiny_cpu", "--mode=bogus"], "valid modes: ['train'"),
+    (["--experiment=tiny_cpu", "--mode=bogus"], "valid modes: ['eval_passkey', 'eval_ppl', 'generate', 'train']"),
     (["--sweep=nope"], "registered sweeps: ["),
     (["--sweep=gumbel", "--set=model.top_k=zero"], "expected a value of type int"),
 ])

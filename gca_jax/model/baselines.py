@@ -11,6 +11,7 @@ from gca_jax.config import ModelConfig
 from gca_jax.model.drt import call_layer
 from gca_jax.model.gca import DecoderLayer
 from gca_jax.model.layers import Embedding, RMSNorm
+from gca_jax.model.sharding import constrain
 
 
 class _DecoderLM(nnx.Module):
@@ -30,10 +31,11 @@ class _DecoderLM(nnx.Module):
     tokens = jnp.asarray(tokens)
     if tokens.ndim != 2:
       raise ValueError(f"{type(self).__name__} expects tokens of shape [batch, length], got {tokens.shape}")
-    h = self.embed(jnp.where(tokens < 0, self.cfg.pad_id, tokens).astype(jnp.int32))
+    h = constrain(self.embed(jnp.where(tokens < 0, self.cfg.pad_id, tokens).astype(jnp.int32)), "batch", None, None)
     for layer in self.layers:
       h = call_layer(layer, self.cfg.remat, h)
-    return {"logits": self.embed.attend(self.final_norm(h)), "retrieval": []}
+    logits = self.embed.attend(constrain(self.final_norm(h), "batch", None, None))
+    return {"logits": constrain(logits, "batch", None, "vocab"), "retrieval": []}
 
 
 class SlidingWindowLM(_DecoderLM):

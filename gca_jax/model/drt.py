@@ -18,6 +18,7 @@ from gca_jax.model.chunking import insert_landmarks, remove_landmarks
 from gca_jax.model.gca import ChunkMemory, DecoderLayer, UpperLayer
 from gca_jax.model.layers import Embedding, RMSNorm
 from gca_jax.model.retrieval import causal_chunk_mask, chunk_scores, select_chunks, serve_next_chunk
+from gca_jax.model.sharding import constrain
 
 
 def noise_key(rngs, stream: str = "gumbel") -> jax.Array:
@@ -91,7 +92,7 @@ class DRT(nnx.Module):
     x = insert_landmarks(ids, cfg.chunk_size, cfg.lmk_id, cfg.pad_id)
     c = x.shape[1] // cfg.chunk_positions
     key = noise_key(rngs) if train and cfg.gumbel else None
-    h = self.embed(x)
+    h = constrain(self.embed(x), "batch", None, None)
     for layer in self.lower:
       h = call_layer(layer, cfg.remat, h)
     lmk_keys, k_mem, v_mem = self.encode_chunks(h)
@@ -109,5 +110,5 @@ class DRT(nnx.Module):
           h = call_layer(layer, cfg.remat, h, k_mem, v_mem, jnp.zeros((h.shape[0], 0, 1), jnp.int32),
                          jnp.zeros((h.shape[0], 0, 1), jnp.float32))
     h = remove_landmarks(h, cfg.chunk_size, length)
-    logits = self.embed.attend(self.final_norm(h))
-    return {"logits": logits, "retrieval": retrieval}
+    logits = self.embed.attend(constrain(self.final_norm(h), "batch", None, None))
+    return {"logits": constrain(logits, "batch", None, "vocab"), "retrieval": retrieval}

@@ -8,7 +8,8 @@ from flax import nnx
 from gca_jax.config import ModelConfig
 from gca_jax.model.attention import SelfAttention
 from gca_jax.model.layers import RMSNorm, SwiGLU, linear
-from pallas_kernels.gca import gca_attention
+from gca_jax.model.sharding import active_mesh
+from pallas_kernels.gca import gca_attention, gca_attention_sharded
 
 
 class ChunkMemory(nnx.Module):
@@ -44,8 +45,12 @@ class GroupedCrossAttention(nnx.Module):
     p = cfg.chunk_positions
     c = n // p
     q = self.q(self.norm(h)).reshape(b, c, p, cfg.num_heads, cfg.head_dim)
-    o = gca_attention(q[:, 1:], k_mem, v_mem, idx, w, softmax_one=cfg.softmax_one,
-                      impl=cfg.gca_impl, interpret=cfg.gca_interpret)
+    kw = dict(softmax_one=cfg.softmax_one, impl=cfg.gca_impl, interpret=cfg.gca_interpret)
+    mesh = active_mesh()
+    if mesh is None or cfg.gca_impl == "xla":
+      o = gca_attention(q[:, 1:], k_mem, v_mem, idx, w, **kw)
+    else:  # a Mosaic call cannot be partitioned by XLA: run it per shard
+      o = gca_attention_sharded(q[:, 1:], k_mem, v_mem, idx, w, mesh=mesh, **kw)
     o = jnp.concatenate([jnp.zeros_like(q[:, :1]), o.astype(q.dtype)], axis=1)
     return self.o(o.reshape(b, n, cfg.num_heads * cfg.head_dim))
 

@@ -44,7 +44,12 @@ def resolve_impl(impl: str, interpret) -> str:
   """
   if impl not in IMPLS:
     raise ValueError(f"gca_attention: unknown impl={impl!r}; use one of {IMPLS}")
-  backend = jax.default_backend()
+  # Under a mesh context (e.g. AOT compilation for a TPU topology from a CPU host) the target
+  # platform is the mesh's, not the host's default backend.
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+  backend = getattr(device, "platform", None)
+  backend = backend or jax.default_backend()
   if impl == "auto":
     return "pallas" if backend == "tpu" else "xla"
   if impl == "pallas" and backend != "tpu" and not interpret:
@@ -54,13 +59,20 @@ def resolve_impl(impl: str, interpret) -> str:
   return impl
 
 
+def _target_device_kind() -> str:
+  """The device kind being compiled for: the mesh's (AOT for a TPU topology) or the host's."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+  return getattr(device, "device_kind", None) or jax.devices()[0].device_kind
+
+
 def gca_pallas(q, k_mem, v_mem, idx, w, *, softmax_one: bool = False,
                block_sizes: BlockSizes | None = None, interpret=False):
   """The fused kernel on public-layout arrays: pads, regroups heads, runs the custom_vjp."""
   b, c, nq, h, d = q.shape
   s, kh = k_mem.shape[2], k_mem.shape[3]
   if block_sizes is None:
-    block_sizes = default_block_sizes(jax.devices()[0].device_kind if not interpret else None)
+    block_sizes = default_block_sizes(None if interpret else _target_device_kind())
   align = block_sizes.row_align
   bc = min(block_sizes.block_c, c)
   cp = layout.round_up(c, bc)

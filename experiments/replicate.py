@@ -1,0 +1,208 @@
+"""``make replicate``: the demo's claims with tighter statistics, longer contexts, 2-hop and a
+mini ablation. Hours on 2 CPU cores; every stage is cached, so reruns only do what is missing.
+
+  python -m experiments.replicate --workdir=runs/replicate [--stages=single,16m,2hop,ablation]
+
+Stages (``--stages``, comma list):
+
+* ``single``: ``demo_drt`` (trained here, or reused from ``--demo_workdir`` when it holds a
+  finished run of the same experiment) on single passkey at 1x..1024x the training length with
+  ``--samples`` per length (default 300) and a 95% lower confidence bound on the accuracy
+  (Clopper-Pearson with scipy, Wilson otherwise; both are reported when scipy is present), and
+  perplexity 1x..64x as in the demo.
+* ``16m``: single passkey at 2^24 tokens (rounded down to a multiple of the training length)
+  with ``--samples_16m`` samples (default 10). The held-out split is far shorter, so the
+  haystack repeats it (``gca_jax.evals.haystack.window`` wraps); the needle is unique.
+* ``2hop``: sweep ``demo_2hop_groups`` (2-hop passkey, 1 vs 2 retrieval groups), each trained
+  and evaluated at 1x..64x (``--samples`` per length up to 64x) on the 2-hop task.
+* ``ablation``: sweep ``demo_ablation`` (top-1, no Gumbel, no bypass, vanilla softmax), each
+  trained like ``demo_drt`` and evaluated on single passkey at 1x, 16x, 256x.
+
+Writes ``<workdir>/results.json`` in the demo's form (``train_length``, ``passkey`` rows
+``{model, run, variant, length, samples, accuracy, exact_match, ci95_low, ...}``, ``ppl`` rows),
+plus ``results.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from absl import app, flags, logging  # noqa: E402
+
+from experiments import demo  # noqa: E402  (defines the demo's flags too; only ours are used)
+
+STAGES = flags.DEFINE_string("stages", "single,16m,2hop,ablation", "Stages to run, in order.")
+DEMO_WORKDIR = flags.DEFINE_string("demo_workdir", "runs/demo",
+                                   "A demo folder whose finished demo_drt run may be reused.")
+SAMPLES = flags.DEFINE_integer("samples", 300, "Passkey samples per length (single, 2-hop).")
+SAMPLES_16M = flags.DEFINE_integer("samples_16m", 10, "Passkey samples at 16M tokens.")
+LENGTH_16M = flags.DEFINE_integer("length_16m", 1 << 24, "The '16M' length (tokens).")
+ABLATION_MULTIPLIERS = flags.DEFINE_string("ablation_multipliers", "1,16,256",
+                                           "Ablation passkey lengths (multiples of training length).")
+HOP_MULTIPLIERS = flags.DEFINE_string("hop_multipliers", "1,4,16,64", "2-hop passkey lengths.")
+MEMORY_BUDGET_GB = flags.DEFINE_float("replicate_memory_budget_gb", 20.0,
+                                      "Memory budget per evaluation batch (16M needs ~9 GB).")
+
+Z95 = 1.959963984540054  # two-sided 95%: the one-sided bound at 97.5%
+
+
+def wilson_low(hits: int, n: int, z: float = Z95) -> float:
+  """Lower end of the Wilson score interval."""
+  if n == 0:
+    return 0.0
+  p = hits / n
+  den = 1 + z * z / n
+  centre = p + z * z / (2 * n)
+  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+  return max(0.0, (centre - half) / den)
+
+
+def clopper_pearson_low(hits: int, n: int, alpha: float = 0.05) -> float | None:
+  """Lower end of the exact (Clopper-Pearson) interval, or None without scipy."""
+  try:
+    from scipy.stats import beta
+  except ImportError:
+    return None
+  return 0.0 if hits == 0 else float(beta.ppf(alpha / 2, hits, n - hits + 1))
+
+
+def with_ci(row: dict) -> dict:
+  if row.get("not_run") or row.get("accuracy") is None:
+    return row
+  n = int(row["samples"])
+  hits = int(round(row["accuracy"] * n))
+  cp = clopper_pearson_low(hits, n)
+  out = {**row, "hits": hits, "ci95_wilson_low": wilson_low(hits, n)}
+  if cp is not None:
+    out["ci95_clopper_pearson_low"] = cp
+  out["ci95_low"] = cp if cp is not None else out["ci95_wilson_low"]
+  out["ci95_method"] = "clopper_pearson" if cp is not None else "wilson"
+  return out
+
+
+def _train_or_reuse(exp, workdir: str) -> str:
+  """The run folder of a finished ``exp``: the demo's when it matches, else trained here."""
+  from gca_jax.config import to_dict
+  cand = os.path.join(DEMO_WORKDIR.value, exp.name)
+  step = demo.trained_step(cand)
+  path = os.path.join(cand, "experiment.json")
+  if step is not None and step >= exp.train.steps and os.path.exists(path) and \
+      json.load(open(path)) == json.loads(json.dumps(to_dict(exp))):
+    demo._log(f"[{exp.name}] reusing the finished demo run in {cand}")
+    return cand
+  run_dir = os.path.join(workdir, exp.name)
+  demo.train(exp, run_dir)
+  return run_dir
+
+
+def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
+  import numpy as np
+
+  from experiments.registry import expand_sweep, get_experiment
+  from gca_jax.config import apply_overrides
+  from gca_jax.data import token_store, tokenizer
+  t0 = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  drt = demo.experiment(demo.DRT, overrides)
+  demo.fetch(drt)
+  tok = tokenizer.build_tokenizer(drt.data.corpus, drt.data.vocab_size, drt.data.cache_dir, log=demo._log)
+  store = token_store.token_store_for(drt.data.corpus, tok, drt.data.cache_dir, drt.data.val_fraction,
+                                      log=demo._log)
+  hay = np.asarray(token_store.load_split(store, "validation").tokens)
+  cache = demo.EvalCache(os.path.join(workdir, "eval_cache.json"))
+  t = drt.data.seq_len
+  passkey, ppl, timings = [], [], {}
+  mults = demo._ints(demo.MULTIPLIERS.value)
+
+  if "single" in stages or "16m" in stages:
+    run_dir = _train_or_reuse(drt, workdir)
+    step = demo.trained_step(run_dir)
+    state: dict = {}
+    if "single" in stages:
+      t1 = time.time()
+      passkey += demo.passkey_rows(demo.DRT, drt, run_dir, step, cache, hay, tok,
+                                   [(m, SAMPLES.value) for m in mults], state=state)
+      ppl += demo.ppl_rows(demo.DRT, drt, run_dir, step, cache, hay,
+                           demo._ints(demo.PPL_MULTIPLIERS.value), demo.PPL_WINDOWS.value, state=state)
+      timings["single"] = time.time() - t1
+    if "16m" in stages:
+      t1 = time.time()
+      from gca_jax.evals import runtime
+      m = LENGTH_16M.value // t
+      reason = runtime.budget_reason(drt.model, 1, m * t, 1024, MEMORY_BUDGET_GB.value)
+      if reason:
+        passkey.append(runtime.not_run({"model": demo.DRT, "run": drt.name, "variant": "single",
+                                        "length": m * t, "multiplier": m,
+                                        "samples": SAMPLES_16M.value, "accuracy": None}, reason))
+      else:
+        passkey += demo.passkey_rows(demo.DRT, drt, run_dir, step, cache, hay, tok,
+                                     [(m, SAMPLES_16M.value)], state=state)
+      timings["16m"] = time.time() - t1
+
+  sweeps = []
+  if "2hop" in stages:
+    sweeps.append(("demo_2hop_groups", "multihop", demo._ints(HOP_MULTIPLIERS.value)))
+  if "ablation" in stages:
+    sweeps.append(("demo_ablation", "single", demo._ints(ABLATION_MULTIPLIERS.value)))
+  for sweep, variant, sweep_mults in sweeps:
+    t1 = time.time()
+    for r in expand_sweep(sweep):
+      exp = apply_overrides(get_experiment(r.experiment), [*r.overrides, *overrides])
+      run_dir = os.path.join(workdir, exp.name)
+      demo.train(exp, run_dir)
+      passkey += demo.passkey_rows(demo.DRT, exp, run_dir, demo.trained_step(run_dir), cache, hay, tok,
+                                   [(m, SAMPLES.value) for m in sweep_mults], variant=variant,
+                                   run=exp.name)
+    timings[sweep] = time.time() - t1
+
+  results = {"train_length": t, "passkey": [with_ci(r) for r in passkey], "ppl": ppl,
+             "stages": stages, "overrides": list(overrides), "held_out_tokens": int(len(hay)),
+             "haystack_note": "lengths beyond the held-out split repeat it (wrap-around)",
+             "timings_seconds": {k: round(v, 1) for k, v in timings.items()}}
+  with open(os.path.join(workdir, "results.json.tmp"), "w") as f:
+    json.dump(results, f, indent=1)
+  os.replace(os.path.join(workdir, "results.json.tmp"), os.path.join(workdir, "results.json"))
+  lines = ["| run | variant | length | x train | samples | accuracy | 95% low | exact |", "|---|---|---|---|---|---|---|---|"]
+  for r in results["passkey"]:
+    if r.get("not_run"):
+      lines.append(f"| {r['run']} | {r['variant']} | {r['length']:,} | {r['multiplier']}x | "
+                   f"{r['samples']} | not run: {r['reason']} | | |")
+    else:
+      lines.append(f"| {r['run']} | {r['variant']} | {r['length']:,} | {r['multiplier']}x | "
+                   f"{r['samples']} | {100 * r['accuracy']:.1f}% | {100 * r['ci95_low']:.1f}% | "
+                   f"{100 * r['exact_match']:.1f}% |")
+  table = "\n".join(lines) + "\n"
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(table)
+  demo._log("\n" + table + f"\nwrote {workdir}/results.json in {(time.time() - t0) / 60:.1f} min")
+  return results
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; use --flag=value")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  from gca_jax.config import ConfigError
+  stages = [s.strip() for s in STAGES.value.split(",") if s.strip()]
+  bad = set(stages) - {"single", "16m", "2hop", "ablation"}
+  if bad:
+    print(f"error: unknown --stages {sorted(bad)}; use single,16m,2hop,ablation", file=sys.stderr)
+    return 2
+  workdir = flags.FLAGS["workdir"].value if flags.FLAGS["workdir"].present else "runs/replicate"
+  try:
+    run(workdir, demo.SET.value, stages)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)
