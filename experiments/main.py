@@ -1,7 +1,9 @@
 """Entry point: ``python -m experiments.main --experiment=NAME --workdir=DIR [--set=k=v ...]``.
 
 ``--sweep=NAME`` runs a registered sweep's runs one after another, each in ``DIR/<run_name>``
-(the ``--set`` values apply to every run).
+(the ``--set`` values apply to every run), then writes the sweep report
+``DIR/sweep_<NAME>.{json,md,png}`` (``experiments.aggregate``); ``--mode=aggregate`` only writes
+the report. ``--dry_run`` lists the runs (name, experiment, overrides, workdir) and writes nothing.
 
 Everything the user typed (experiment, ``--set`` overrides, ``--mode``) is checked before
 anything is written. Rerunning the same command resumes from the workdir's last checkpoint.
@@ -16,6 +18,7 @@ Multi-host: with ``GCA_JAX_DISTRIBUTED=1`` the process first calls
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Callable
 
@@ -29,6 +32,7 @@ _WORKDIR = define("string", "workdir", None, "Run folder: checkpoints, metrics, 
 _SET = define("multi_string", "set", [], "Override section.field=value (repeatable).")
 _SWEEP = define("string", "sweep", None, "Registered sweep: run each of its runs in turn.")
 _MODE = define("string", "mode", "train", "What to do with the experiment (see MODES).")
+_DRY_RUN = define("bool", "dry_run", False, "List the runs (and their workdirs), then exit.")
 _LIST = flags.DEFINE_bool("list", False, "List registered experiments and sweeps, then exit.")
 
 
@@ -41,6 +45,7 @@ def _train(exp, workdir: str) -> dict:
 MODES: dict[str, Callable[..., dict]] = {"train": _train, **eval_cli.MODES}
 # Modes that may take the experiment from <workdir>/experiment.json instead of --experiment.
 READS_WORKDIR = frozenset(eval_cli.MODES)
+AGGREGATE = "aggregate"  # --sweep only: the sweep report from the runs' files, no experiment runs
 
 
 def maybe_initialize_distributed() -> None:
@@ -63,7 +68,8 @@ def resolve(name: str | None, overrides: list[str], mode: str):
   from experiments.registry import get_experiment, list_experiments
   from gca_jax.config import ConfigError, apply_overrides
   if mode not in MODES:
-    raise ConfigError(f"--mode={mode!r} is unknown; valid modes: {sorted(MODES)}")
+    raise ConfigError(f"--mode={mode!r} is unknown; valid modes: {sorted(MODES)} "
+                      f"(and {AGGREGATE!r} with --sweep)")
   if not name and mode in READS_WORKDIR and _WORKDIR.value:
     return apply_overrides(eval_cli.load_experiment(_WORKDIR.value), list(overrides))
   if not name:
@@ -86,25 +92,72 @@ def main(argv) -> int:
   try:
     if _SWEEP.value and _EXPERIMENT.value:
       raise ConfigError("pass --experiment or --sweep, not both")
+    if _MODE.value == AGGREGATE and not _SWEEP.value:
+      raise ConfigError(f"--mode={AGGREGATE} needs --sweep; registered sweeps: "
+                        f"{registry.list_sweeps()}")
+    mode = "train" if _MODE.value == AGGREGATE else _MODE.value
     if _SWEEP.value:  # every run is resolved (and so checked) before the first one starts
-      runs = [(resolve(r.experiment, [*r.overrides, *_SET.value], _MODE.value), r.run_name)
-              for r in registry.expand_sweep(_SWEEP.value)]
+      sweep = registry.expand_sweep(_SWEEP.value)
+      runs = [(resolve(r.experiment, [*r.overrides, *_SET.value], mode), r.run_name)
+              for r in sweep]
     else:
-      runs = [(resolve(_EXPERIMENT.value, _SET.value, _MODE.value), "")]
+      sweep = [registry.SweepRun(_EXPERIMENT.value or "", [], "")]
+      runs = [(resolve(_EXPERIMENT.value, _SET.value, mode), "")]
   except (ConfigError, eval_cli.EvalError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if not _WORKDIR.value:
     print("error: --workdir is required", file=sys.stderr)
     return 2
+  if _DRY_RUN.value:
+    _print_runs(sweep, _SET.value, _WORKDIR.value)
+    return 0
+  if _MODE.value == AGGREGATE:
+    return _aggregate(sweep)
   from gca_jax.checkpoint import CheckpointError
   from gca_jax.train.loop import NonFiniteLossError
+  rc = 0
   for exp, sub in runs:
     try:
       MODES[_MODE.value](exp, os.path.join(_WORKDIR.value, sub) if sub else _WORKDIR.value)
     except (CheckpointError, NonFiniteLossError, ConfigError, ValueError, FileNotFoundError) as e:
       print(f"error: {e}", file=sys.stderr)
-      return 1
+      rc = 1
+      break
+  if _SWEEP.value and _is_main_process():  # the runs not reached show as "not run"
+    rc = _aggregate(sweep) or rc
+  return rc
+
+
+def _print_runs(sweep, sets: list[str], workdir: str) -> None:
+  """One tab-separated line per run: name, experiment, workdir, overrides (shell-quoted)."""
+  head = f"# mode={_MODE.value} runs={len(sweep)}"
+  print(head + (f" sweep={_SWEEP.value}" if _SWEEP.value else ""))
+  print("run\texperiment\tworkdir\toverrides")
+  for r in sweep:
+    ov = " ".join(shlex.quote(o) for o in [*r.overrides, *sets])
+    wd = os.path.join(workdir, r.run_name) if r.run_name else workdir
+    print(f"{r.run_name or r.experiment}\t{r.experiment}\t{wd}\t{ov}")
+
+
+def _is_main_process() -> bool:
+  if os.environ.get("GCA_JAX_DISTRIBUTED") != "1":
+    return True
+  import jax
+  return jax.process_index() == 0
+
+
+def _aggregate(sweep) -> int:
+  """Writes ``DIR/sweep_<NAME>.{json,md,png}`` and prints the Markdown table."""
+  from experiments import aggregate
+  try:
+    rows = aggregate.collect(_WORKDIR.value, sweep)
+    paths = aggregate.write(_WORKDIR.value, _SWEEP.value, rows)
+  except OSError as e:
+    print(f"error: cannot write the sweep report: {e}", file=sys.stderr)
+    return 1
+  print(aggregate.markdown(_SWEEP.value, rows))
+  print("sweep report:", " ".join(paths.values()))
   return 0
 
 

@@ -41,7 +41,7 @@ for _key, _help in [("project", "GCP project."), ("zone", "TPU zone."),
                     ("remote_dir", "Source directory on each worker (relative to $HOME).")]:
   flags.DEFINE_string(_key, None, _help + " Default: from --defaults.")
 flags.DEFINE_integer("max_retries", None, "Preemption retries per run. Default: from --defaults.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
+_DRY_RUN = define("bool", "dry_run", False, "Print the commands instead of running them.")
 _GCLOUD = flags.DEFINE_string("gcloud", "gcloud", "The gcloud executable.")
 _REPO = flags.DEFINE_string("repo_dir", None, "Git repository to ship (default: the one around cwd).")
 _RUNS = flags.DEFINE_string("runs_dir", str(manifest.DEFAULT_RUNS_DIR), "Where run manifests go.")
