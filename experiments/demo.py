@@ -129,13 +129,6 @@ class EvalCache:
     os.replace(tmp, self.path)
 
 
-def segment_chunks(exp, length: int) -> int:
-  """Prefill segment: the power of two of chunks covering ``length``, at most 1024 (what
-  ``gca_jax.evals.runtime.engine_for`` picks; passing it keeps the memory estimate honest)."""
-  need = -(-length // exp.model.chunk_size)
-  return min(1024, 1 << max(0, (need - 1).bit_length()))
-
-
 def passkey_batch(length: int, samples: int) -> int:
   """Samples per batch: about 12K tokens per batch, whole batches of the sample count."""
   b = max(1, min(samples, 50, 12288 // length))
@@ -167,7 +160,7 @@ def passkey_rows(kind: str, exp, run_dir: str, step: int, cache: EvalCache, hay,
       else:
         r = passkey.passkey_eval(_model(exp, run_dir, state), tok, hay, [n], variant=variant,
                                  samples=samples, seed=seed, token_cnt=exp.data.passkey_tokens or None,
-                                 batch=passkey_batch(n, samples), segment_chunks=segment_chunks(exp, n),
+                                 batch=passkey_batch(n, samples), segment_chunks=1024,
                                  engines=state.setdefault("engines", {}),
                                  model_name=kind, log=lambda *_: None)[0]
         row = {**base, **{k: r[k] for k in ("accuracy", "exact_match", "seconds", "not_run", "reason")
@@ -207,7 +200,7 @@ def ppl_rows(kind: str, exp, run_dir: str, step: int, cache: EvalCache, hay, mul
         nwin = span // n
         r = perplexity.perplexity_eval(_model(exp, run_dir, state), hay[:span], [n],
                                        max_windows=nwin, batch=passkey_batch(n, nwin),
-                                       segment_chunks=segment_chunks(exp, n),
+                                       segment_chunks=1024,
                                        engines=state.setdefault("engines", {}), model_name=kind,
                                        log=lambda *_: None)[0]
         row = {**base, **{k: r[k] for k in ("ppl", "nll", "windows", "tokens", "seconds", "not_run",

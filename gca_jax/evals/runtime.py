@@ -7,6 +7,12 @@ import numpy as np
 GB = 1 << 30
 
 
+def segment_for(cfg, length: int, segment_chunks: int) -> int:
+  """Chunks per prefill segment used for ``length``: a power of two up to ``segment_chunks``."""
+  need = -(-length // cfg.chunk_size)
+  return min(segment_chunks, 1 << max(0, (need - 1).bit_length()))
+
+
 def estimate_bytes(cfg, batch: int, length: int, segment_chunks: int) -> int:
   """A rough upper estimate of the peak memory of one evaluation batch at ``length`` tokens."""
   d, f32 = cfg.d_model, 4
@@ -16,6 +22,7 @@ def estimate_bytes(cfg, batch: int, length: int, segment_chunks: int) -> int:
     scores = batch * cfg.num_heads * min(256, length) * length * f32 * 3
     logits = batch * length * cfg.vocab_size * f32 * 2
     return tokens + acts + scores + logits + (256 << 20)
+  segment_chunks = segment_for(cfg, length, segment_chunks)
   seg = segment_chunks * (cfg.chunk_size + 1)
   acts = batch * seg * d * f32 * (cfg.num_layers * 16 + 8) + batch * seg * cfg.vocab_size * f32
   store = 0
@@ -32,8 +39,7 @@ def engine_for(model, engines: dict, length: int, segment_chunks: int, offload: 
   cfg = model.cfg
   if cfg.model_type == "full_attention":
     return None
-  need = -(-length // cfg.chunk_size)
-  seg = min(segment_chunks, 1 << max(0, (need - 1).bit_length()))
+  seg = segment_for(cfg, length, segment_chunks)
   if seg not in engines:
     engines[seg] = Engine(model, segment_chunks=seg, offload=offload)
   return engines[seg]
