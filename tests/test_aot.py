@@ -27,7 +27,7 @@ def _run(batch: int, seq_len: int = 24):
 @pytest.fixture(scope="module")
 def record():
   from launch import aot
-  return aot.compile_train_step(_run(batch=4), "v5e:2x2")
+  return aot.compile_train_step(_run(batch=8, seq_len=48), "v5e:2x2")
 
 
 def test_memory_and_cost_analysis(record):
