@@ -13,6 +13,7 @@ the workdir, the step and what to do.
 from __future__ import annotations
 
 import dataclasses
+import os
 import json
 from typing import Any
 
@@ -59,7 +60,8 @@ class Checkpointer:
   """A run's checkpoints under ``<workdir>/checkpoints`` (one Orbax CheckpointManager)."""
 
   def __init__(self, workdir: str | epath.PathLike, cfg: CheckpointConfig):
-    self.workdir = epath.Path(workdir)
+    # Orbax needs an absolute path; "gs://..." and other URLs already are.
+    self.workdir = epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir))
     self.directory = self.workdir / "checkpoints"
     options = ocp.CheckpointManagerOptions(
         max_to_keep=cfg.keep, enable_async_checkpointing=cfg.async_save, create=True,

@@ -282,7 +282,7 @@ class Experiment:
   """Everything a run needs; saved as JSON beside its checkpoints."""
 
   name: str = "tiny_cpu"
-  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  model: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig(vocab_size=DataConfig().vocab_size))
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
   mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)

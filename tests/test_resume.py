@@ -180,3 +180,37 @@ def test_restore_onto_another_mesh(reference, cache_dir):
   assert sharded, "expected some parameters to be split over fsdp / tensor"
   for a, b in zip(jax.tree_util.tree_leaves(states["one"]), jax.tree_util.tree_leaves(states["eight"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_checkpointer_accepts_a_relative_workdir(tmp_path, monkeypatch):
+  """``--workdir=runs/x`` (relative, as the README's commands use) saves and restores."""
+  import jax
+  import jax.numpy as jnp
+
+  from gca_jax.checkpoint import Checkpointer
+  from gca_jax.config import CheckpointConfig, Experiment
+  from gca_jax.train.step import TrainState
+
+  class _Iter:
+    state = {"i": 3}
+
+    def get_state(self):
+      return self.state
+
+    def set_state(self, state):
+      self.state = state
+
+  monkeypatch.chdir(tmp_path)
+  exp = Experiment()
+  state = TrainState(step=jnp.asarray(5, jnp.int32), params={"w": jnp.arange(4.0)}, opt_state=(),
+                     rng=jax.random.PRNGKey(0))
+  cp = Checkpointer("runs/rel", CheckpointConfig(async_save=False))
+  cp.save(5, state, _Iter(), exp)
+  cp.close()
+  assert (tmp_path / "runs" / "rel" / "checkpoints" / "5").is_dir()
+  it = _Iter()
+  it.state = None
+  target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  back = Checkpointer("runs/rel", CheckpointConfig(async_save=False)).restore(5, target, it, exp)
+  assert int(back.step) == 5 and back.params["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+  assert it.state == {"i": 3}
