@@ -220,14 +220,8 @@ def test_other_mismatches_raise():
     gca_attention(q, k_mem, v_mem, idx, w, impl="triton")
 
 
-def test_pallas_without_kernel_raises():
-  """impl='pallas' raises NotImplementedError until the kernel lands (then this is skipped)."""
+def test_pallas_without_interpret_on_cpu_is_a_clear_error():
+  """The Mosaic kernel cannot run on the CPU backend: impl='pallas' says so and names the fix."""
   q, k_mem, v_mem, idx, w = _ok_args()
-  try:
-    gca_attention(q, k_mem, v_mem, idx, w, impl="pallas", interpret=True)
-  except NotImplementedError as e:
-    assert "xla" in str(e), f"the message should point at impl='xla': {e}"
-    return
-  except Exception as e:  # a kernel exists and rejects these shapes: its own tests cover it
-    pytest.skip(f"impl='pallas' is implemented ({type(e).__name__}: {e})")
-  pytest.skip("impl='pallas' is implemented; its equivalence is tested elsewhere")
+  with pytest.raises(ValueError, match="interpret=True"):
+    gca_attention(q, k_mem, v_mem, idx, w, impl="pallas")
