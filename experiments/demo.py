@@ -38,10 +38,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from absl import app, flags, logging  # noqa: E402
 
-WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Demo folder: runs, evals, results.")
+from gca_jax.flagdefs import define  # noqa: E402
+
+WORKDIR = define("string", "workdir", "runs/demo", "Demo folder: runs, evals, results.")
 BASELINES = flags.DEFINE_bool("baselines", False, "Also train/evaluate the sliding-window and "
                               "full-attention baselines of equal size.")
-SET = flags.DEFINE_multi_string("set", [], "Override section.field=value for every model.")
+SET = define("multi_string", "set", [], "Override section.field=value for every model.")
 MULTIPLIERS = flags.DEFINE_string("multipliers", "1,2,4,8,16,32,64,128,256,512,1024",
                                   "Passkey lengths as multiples of the training length.")
 PPL_MULTIPLIERS = flags.DEFINE_string("ppl_multipliers", "1,2,4,8,16,32,64",
@@ -49,13 +51,13 @@ PPL_MULTIPLIERS = flags.DEFINE_string("ppl_multipliers", "1,2,4,8,16,32,64",
 PASSKEY_SAMPLES = flags.DEFINE_integer("passkey_samples", 100, "Passkey samples per length <= 64x.")
 PASSKEY_LONG_SAMPLES = flags.DEFINE_integer("passkey_long_samples", 20,
                                             "Passkey samples per length > 64x.")
-PPL_WINDOWS = flags.DEFINE_integer("ppl_windows", 8, "Held-out windows at the longest perplexity "
+PPL_WINDOWS = define("integer", "ppl_windows", 8, "Held-out windows at the longest perplexity "
                                    "length; every length scores the same tokens.")
 FA_MAX = flags.DEFINE_integer("full_attention_max_length", 4096,
                               "Longest passkey length run for full attention (O(L^2)).")
 FA_PPL_MAX = flags.DEFINE_integer("full_attention_max_ppl_length", 16384,
                                   "Longest perplexity length run for full attention.")
-EVAL_SEED = flags.DEFINE_integer("eval_seed", 0, "Seed of the passkey samples.")
+EVAL_SEED = define("integer", "eval_seed", 0, "Seed of the passkey samples.")
 
 DRT, SLIDING, FULL = "drt", "sliding_window", "full_attention"
 EXPERIMENTS = {DRT: "demo_drt", SLIDING: "demo_sliding_window", FULL: "demo_full_attention"}

@@ -35,12 +35,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from absl import app, flags, logging  # noqa: E402
 
+from gca_jax.flagdefs import define  # noqa: E402
+
 from experiments import demo  # noqa: E402  (defines the demo's flags too; only ours are used)
 
 STAGES = flags.DEFINE_string("stages", "single,16m,2hop,ablation", "Stages to run, in order.")
 DEMO_WORKDIR = flags.DEFINE_string("demo_workdir", "runs/demo",
                                    "A demo folder whose finished demo_drt run may be reused.")
-SAMPLES = flags.DEFINE_integer("samples", 300, "Passkey samples per length (single, 2-hop).")
+SAMPLES = define("integer", "samples", 300, "Passkey samples per length (single, 2-hop).")
 SAMPLES_16M = flags.DEFINE_integer("samples_16m", 10, "Passkey samples at 16M tokens.")
 LENGTH_16M = flags.DEFINE_integer("length_16m", 1 << 24, "The '16M' length (tokens).")
 ABLATION_MULTIPLIERS = flags.DEFINE_string("ablation_multipliers", "1,16,256",
