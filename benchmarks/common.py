@@ -42,3 +42,16 @@ def write_json(path: str, payload: dict) -> None:
     json.dump(payload, f, indent=1)
   os.replace(tmp, path)
   print(f"wrote {path}")
+
+
+def cost_ratios(rows: list[dict], base: str = "sliding_window") -> dict:
+  """Per length, each model's median step time over ``base``'s (printed and returned)."""
+  ratios = {}
+  for length in sorted({r["length"] for r in rows}):
+    by = {r["model"]: r for r in rows if r["length"] == length}
+    if base not in by:
+      continue
+    ratios[str(length)] = {m: by[m]["median_s"] / by[base]["median_s"] for m in by}
+    print(f"T={length}: step time relative to {base}: " +
+          ", ".join(f"{m} {v:.2f}x" for m, v in ratios[str(length)].items()))
+  return ratios

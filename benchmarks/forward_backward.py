@@ -21,7 +21,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks.common import machine_info, time_fn, write_json  # noqa: E402
+from benchmarks.common import cost_ratios, machine_info, time_fn, write_json  # noqa: E402
 from experiments.presets import MODEL_PRESETS  # noqa: E402
 from gca_jax.model import build_model, count_params  # noqa: E402
 from gca_jax.train.step import loss_fn  # noqa: E402
@@ -56,13 +56,7 @@ def main():
       rows.append(r)
       print(f"{m:>15} T={length:>6} batch={r['batch']:>3}: {r['tokens_per_s']:>9.0f} tok/s "
             f"(step {r['median_s']:.3f}s, compile+first {r['first_call_s']:.1f}s)")
-  ratios = {}
-  for length in sorted({r["length"] for r in rows}):
-    by = {r["model"]: r for r in rows if r["length"] == length}
-    base = by["sliding_window"]["median_s"]
-    ratios[str(length)] = {m: by[m]["median_s"] / base for m in MODELS}
-    print(f"T={length}: cost relative to sliding window: " +
-          ", ".join(f"{m} {v:.2f}x" for m, v in ratios[str(length)].items()))
+  ratios = cost_ratios(rows)
   write_json(args.out, {"benchmark": "forward_backward", "machine": machine_info(), "preset": "tiny_cpu",
                         "results": rows, "cost_vs_sliding_window": ratios})
 

@@ -23,7 +23,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks.common import machine_info, time_fn, write_json  # noqa: E402
+from benchmarks.common import cost_ratios, machine_info, time_fn, write_json  # noqa: E402
 from experiments.presets import MODEL_PRESETS  # noqa: E402
 from gca_jax.config import OptimConfig  # noqa: E402
 from gca_jax.model import build_model, count_params  # noqa: E402
@@ -77,13 +77,7 @@ def main():
       rows.append(r)
       print(f"{m:>15} T={length:>6} batch={r['batch']:>3}: {r['tokens_per_s']:>9.0f} tok/s  "
             f"MFU {100 * r['mfu']:.1f}%  XLA-FLOPs {100 * r['xla_flops_utilisation']:.1f}% of peak")
-  ratios = {}
-  for length in sorted({r["length"] for r in rows}):
-    by = {r["model"]: r for r in rows if r["length"] == length}
-    if "sliding_window" in by:
-      ratios[str(length)] = {m: by[m]["median_s"] / by["sliding_window"]["median_s"] for m in by}
-      print(f"T={length}: step time relative to sliding window: " +
-            ", ".join(f"{m} {v:.2f}x" for m, v in ratios[str(length)].items()))
+  ratios = cost_ratios(rows)
   write_json(args.out, {"benchmark": "train_step", "machine": machine_info(), "preset": "tiny_cpu",
                         "matmul_peak_flops": peak, "results": rows, "step_time_vs_sliding_window": ratios})
 

@@ -138,14 +138,13 @@ class Checkpointer:
     self.manager.close()
 
 
-def restore_params(workdir: str | epath.PathLike, exp: Experiment, model=None):
+def restore_params(workdir: str | epath.PathLike, exp: Experiment):
   """The ``nnx.Param`` state of the latest checkpoint in ``workdir`` (for evaluation and
   serving), restored onto one device; raises CheckpointError when there is none."""
   from gca_jax import parallel
   from gca_jax.config import MeshConfig
   from gca_jax.train.loop import abstract_train_state
   from gca_jax.train.optim import make_optimizer
-  del model  # the layout comes from the experiment; callers nnx.update their model with it
   ckdir = epath.Path(workdir) / "checkpoints"
   if not ckdir.exists():
     raise CheckpointError(f"no checkpoints in {ckdir}: train first (python -m experiments.main "

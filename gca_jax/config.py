@@ -366,7 +366,3 @@ def apply_overrides(exp: Experiment, overrides: list[str]) -> Experiment:
   kw = {sec: dataclasses.replace(getattr(exp, sec), **c) for sec, c in changes.items()}
   return dataclasses.replace(exp, name=name, **kw)
 
-
-def replace(cfg, **changes):
-  """``dataclasses.replace`` that keeps validation."""
-  return dataclasses.replace(cfg, **changes)

@@ -3,13 +3,15 @@ method spec (§2, §3), reading the weights from the NNX param state."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from gca_jax.config import ModelConfig, replace
+from gca_jax.config import ModelConfig
 from gca_jax.model import DRT, FullAttentionLM, SlidingWindowLM
 
 BASE = ModelConfig(
@@ -260,7 +262,7 @@ def _check_picks(model_ret, ref_picks, cfg, c_):
 ])
 def test_drt_matches_numpy(changes, b, t):
   """DRT logits and picks equal the float64 numpy forward."""
-  cfg = replace(BASE, **changes)
+  cfg = dataclasses.replace(BASE, **changes)
   model = _model(DRT, cfg, seed=t)
   wts = _weights(model)
   tokens = _tokens(t, b, t, cfg)
@@ -294,7 +296,7 @@ def test_gca_actually_matters():
 @pytest.mark.parametrize("cls,window", [(SlidingWindowLM, 6), (FullAttentionLM, None)])
 def test_baselines_match_numpy(cls, window):
   """Sliding-window and full-attention baselines equal the numpy decoder with their mask."""
-  cfg = replace(BASE, model_type="sliding_window" if window else "full_attention",
+  cfg = dataclasses.replace(BASE, model_type="sliding_window" if window else "full_attention",
                 window=window or BASE.window, attn_block=0)
   model = _model(cls, cfg, seed=3)
   tokens = _tokens(4, 2, 23, cfg)

@@ -76,31 +76,9 @@ def load_model(exp: Experiment, workdir, random_init: bool):
   model = build_model(exp.model, rngs=nnx.Rngs(exp.train.seed))
   if random_init:
     return model, "random_init"
-  from gca_jax import checkpoint as ck
-  if hasattr(ck, "restore_params"):
-    nnx.update(model, ck.restore_params(workdir, exp, model))
-    return model, "checkpoint"
-  ckdir = epath.Path(workdir) / "checkpoints"
-  if not ckdir.exists():
-    raise ck.CheckpointError(f"no checkpoints in {ckdir}: train first, or pass --random_init for a "
-                             "smoke run")
-  from gca_jax.train.optim import make_optimizer
-  from gca_jax.train.step import init_state
-  cp = ck.Checkpointer(workdir, exp.checkpoint)
-  step = cp.latest_step()
-  if step is None:
-    raise ck.CheckpointError(f"{ckdir} holds no complete checkpoint: train first, or pass "
-                             "--random_init for a smoke run")
-
-  class _Sink:
-    def set_state(self, state):
-      del state
-
-  _, target = init_state(model, make_optimizer(exp.optim, exp.train.steps), exp.train.seed)
-  state = cp.restore(step, target, _Sink(), exp)
-  cp.close()
-  nnx.update(model, state.params)
-  return model, f"checkpoint step {step}"
+  from gca_jax.checkpoint import restore_params
+  nnx.update(model, restore_params(workdir, exp))
+  return model, "checkpoint"
 
 
 def make_tokenizer(exp: Experiment, kind: str):

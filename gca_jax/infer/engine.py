@@ -64,6 +64,24 @@ def raw_to_layout(t, chunk_size: int):
   return (np.asarray(t) // chunk_size) * (chunk_size + 1) + np.asarray(t) % chunk_size
 
 
+def _step_lower(layers, h, caches, pos):
+  """One decoding position through windowed decoder layers; returns (h, new caches)."""
+  new = []
+  for layer, cache in zip(layers, caches):
+    h, cache = decoder_layer_step(layer, h, cache, pos, jnp.int32(1), 1)
+    new.append(cache)
+  return h, tuple(new)
+
+
+def _step_group(layers, h, caches, gathered, w, pos):
+  """One decoding position through a retrieval group's upper layers (picks already gathered)."""
+  new = []
+  for layer, cache in zip(layers, caches):
+    h, cache = upper_layer_step(layer, h, cache, gathered[0], gathered[1], w[:, None], pos, jnp.int32(1), 1)
+    new.append(cache)
+  return h, tuple(new)
+
+
 class Engine:
   """Inference for one model: ``new_state``, ``prefill``, ``step`` / ``landmark_step``."""
 
@@ -292,47 +310,31 @@ class Engine:
     self.traces["token"] += 1
     model = self._model(params)
     h = model.embed(tok[:, None])
-    one = jnp.int32(1)
-    new_lower = []
-    for layer, cache in zip(self._lower_layers(model), lower):
-      h, cache = decoder_layer_step(layer, h, cache, pos, one, 1)
-      new_lower.append(cache)
+    h, new_lower = _step_lower(self._lower_layers(model), h, lower, pos)
     new_upper = []
     if self.drt:
       buf = jax.lax.dynamic_update_slice_in_dim(buf, h.astype(buf.dtype), pos % self.p, axis=1)
       for g, layers in enumerate(model.groups):
-        cg = []
-        for layer, cache in zip(layers, upper[g]):
-          h, cache = upper_layer_step(layer, h, cache, gathered[g][0], gathered[g][1], ws[g][:, None],
-                                      pos, one, 1)
-          cg.append(cache)
-        new_upper.append(tuple(cg))
+        h, caches = _step_group(layers, h, upper[g], gathered[g], ws[g], pos)
+        new_upper.append(caches)
     logits = model.embed.attend(model.final_norm(h))[:, 0]
-    return logits, tuple(new_lower), tuple(new_upper), buf
+    return logits, new_lower, tuple(new_upper), buf
 
   def _landmark_fn(self, key_block, params, lower, upper, buf, gathered, ws, pos, lmk_keys, count):
     self.traces["landmark"] += 1
     cfg = self.cfg
     model = self._model(params)
     h = model.embed(jnp.full((buf.shape[0], 1), cfg.lmk_id, jnp.int32))
-    one = jnp.int32(1)
-    new_lower = []
-    for layer, cache in zip(model.lower, lower):
-      h, cache = decoder_layer_step(layer, h, cache, pos, one, 1)
-      new_lower.append(cache)
+    h, new_lower = _step_lower(model.lower, h, lower, pos)
     buf = buf.at[:, self.p - 1].set(h[:, 0].astype(buf.dtype))
     enc = model.encode_chunks(buf)
     new_upper, picks = [], []
     for g, layers in enumerate(model.groups):
       q = model.lmk_norms[g](h)  # the same per-group norm as training (fixes B1)
       picks.append(tuple(x[:, 0] for x in blocked_topk(q, lmk_keys, count, cfg.top_k, key_block)))
-      cg = []
-      for layer, cache in zip(layers, upper[g]):
-        h, cache = upper_layer_step(layer, h, cache, gathered[g][0], gathered[g][1], ws[g][:, None],
-                                    pos, one, 1)
-        cg.append(cache)
-      new_upper.append(tuple(cg))
-    return tuple(new_lower), tuple(new_upper), enc, picks
+      h, caches = _step_group(layers, h, upper[g], gathered[g], ws[g], pos)
+      new_upper.append(caches)
+    return new_lower, tuple(new_upper), enc, picks
 
   def _ensure_gathered(self, state: InferState) -> None:
     chunk = state.pos // self.p

@@ -90,7 +90,6 @@ class DRT(nnx.Module):
     length = tokens.shape[1]
     ids = jnp.where(tokens < 0, cfg.pad_id, tokens).astype(jnp.int32)
     x = insert_landmarks(ids, cfg.chunk_size, cfg.lmk_id, cfg.pad_id)
-    c = x.shape[1] // cfg.chunk_positions
     key = noise_key(rngs) if train and cfg.gumbel else None
     h = constrain(self.embed(x), "batch", None, None)
     for layer in self.lower:
@@ -101,14 +100,9 @@ class DRT(nnx.Module):
       gkey = None if key is None else jax.random.fold_in(key, g)
       idx, w = self.retrieve(g, h, lmk_keys, gkey)
       retrieval.append((idx, w))
-      if c > 1:
-        idx_used, w_used = serve_next_chunk(idx, w)
-        for layer in layers:
-          h = call_layer(layer, cfg.remat, h, k_mem, v_mem, idx_used, w_used)
-      else:  # a single chunk has nothing to retrieve: GCA output is zero
-        for layer in layers:
-          h = call_layer(layer, cfg.remat, h, k_mem, v_mem, jnp.zeros((h.shape[0], 0, 1), jnp.int32),
-                         jnp.zeros((h.shape[0], 0, 1), jnp.float32))
+      idx_used, w_used = serve_next_chunk(idx, w)  # [B, C-1, K]: empty for a single chunk
+      for layer in layers:
+        h = call_layer(layer, cfg.remat, h, k_mem, v_mem, idx_used, w_used)
     h = remove_landmarks(h, cfg.chunk_size, length)
     logits = self.embed.attend(constrain(self.final_norm(h), "batch", None, None))
     return {"logits": constrain(logits, "batch", None, "vocab"), "retrieval": retrieval}

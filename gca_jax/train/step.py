@@ -44,7 +44,7 @@ def token_weights(batch: dict, answer_loss_weight: float) -> jax.Array:
   return w
 
 
-def retrieval_stats(retrieval, num_chunks_hint: int | None = None) -> dict:
+def retrieval_stats(retrieval) -> dict:
   """Mean entropy of the chunk weights and mean distance (in chunks) of the weighted picks."""
   if not retrieval:
     return {}
