@@ -15,8 +15,12 @@ Stages (``--stages``, comma list):
   haystack repeats it (``gca_jax.evals.haystack.window`` wraps); the needle is unique.
 * ``2hop``: sweep ``demo_2hop_groups`` (2-hop passkey, 1 vs 2 retrieval groups), each trained
   and evaluated at 1x..64x (``--samples`` per length up to 64x) on the 2-hop task.
-* ``ablation``: sweep ``demo_ablation`` (top-1, no Gumbel, no bypass, vanilla softmax), each
-  trained like ``demo_drt`` and evaluated on single passkey at 1x, 16x, 256x.
+* ``ablation``: sweep ``demo_ablation`` (Gumbel off, top-k 2 and 4, chunk 16 and 32), each
+  trained like ``demo_drt`` and evaluated on single passkey at 1x, 16x, 256x
+  (``--ablation_samples`` per length, default 100).
+
+Every stage records its wall time and the process's peak resident memory so far
+(``timings_seconds``, ``peak_rss_gb``).
 
 Writes ``<workdir>/results.json`` in the demo's form (``train_length``, ``passkey`` rows
 ``{model, run, variant, length, samples, accuracy, exact_match, ci95_low, ...}``, ``ppl`` rows),
@@ -28,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import sys
 import time
 
@@ -45,6 +50,8 @@ DEMO_WORKDIR = flags.DEFINE_string("demo_workdir", "runs/demo",
 SAMPLES = define("integer", "samples", 300, "Passkey samples per length (single, 2-hop).")
 SAMPLES_16M = flags.DEFINE_integer("samples_16m", 10, "Passkey samples at 16M tokens.")
 LENGTH_16M = flags.DEFINE_integer("length_16m", 1 << 24, "The '16M' length (tokens).")
+ABLATION_SAMPLES = flags.DEFINE_integer("ablation_samples", 100, "Passkey samples per length in "
+                                        "the ablation stage.")
 ABLATION_MULTIPLIERS = flags.DEFINE_string("ablation_multipliers", "1,16,256",
                                            "Ablation passkey lengths (multiples of training length).")
 HOP_MULTIPLIERS = flags.DEFINE_string("hop_multipliers", "1,4,16,64", "2-hop passkey lengths.")
@@ -88,6 +95,11 @@ def with_ci(row: dict) -> dict:
   return out
 
 
+def peak_rss_gb() -> float:
+  """Peak resident memory of this process so far (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+
+
 def _train_or_reuse(exp, workdir: str) -> str:
   """The run folder of a finished ``exp``: the demo's when it matches, else trained here."""
   from gca_jax.config import to_dict
@@ -119,7 +131,7 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
   hay = np.asarray(token_store.load_split(store, "validation").tokens)
   cache = demo.EvalCache(os.path.join(workdir, "eval_cache.json"))
   t = drt.data.seq_len
-  passkey, ppl, timings = [], [], {}
+  passkey, ppl, timings, peak = [], [], {}, {}
   mults = demo._ints(demo.MULTIPLIERS.value)
 
   if "single" in stages or "16m" in stages:
@@ -133,6 +145,7 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
       ppl += demo.ppl_rows(demo.DRT, drt, run_dir, step, cache, hay,
                            demo._ints(demo.PPL_MULTIPLIERS.value), demo.PPL_WINDOWS.value, state=state)
       timings["single"] = time.time() - t1
+      peak["single"] = round(peak_rss_gb(), 2)
     if "16m" in stages:
       t1 = time.time()
       from gca_jax.evals import runtime
@@ -146,27 +159,31 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
         passkey += demo.passkey_rows(demo.DRT, drt, run_dir, step, cache, hay, tok,
                                      [(m, SAMPLES_16M.value)], state=state)
       timings["16m"] = time.time() - t1
+      peak["16m"] = round(peak_rss_gb(), 2)
 
   sweeps = []
   if "2hop" in stages:
-    sweeps.append(("demo_2hop_groups", "multihop", demo._ints(HOP_MULTIPLIERS.value)))
+    sweeps.append(("demo_2hop_groups", "multihop", demo._ints(HOP_MULTIPLIERS.value), SAMPLES.value))
   if "ablation" in stages:
-    sweeps.append(("demo_ablation", "single", demo._ints(ABLATION_MULTIPLIERS.value)))
-  for sweep, variant, sweep_mults in sweeps:
+    sweeps.append(("demo_ablation", "single", demo._ints(ABLATION_MULTIPLIERS.value),
+                   ABLATION_SAMPLES.value))
+  for sweep, variant, sweep_mults, sweep_samples in sweeps:
     t1 = time.time()
     for r in expand_sweep(sweep):
       exp = apply_overrides(get_experiment(r.experiment), [*r.overrides, *overrides])
       run_dir = os.path.join(workdir, exp.name)
       demo.train(exp, run_dir)
       passkey += demo.passkey_rows(demo.DRT, exp, run_dir, demo.trained_step(run_dir), cache, hay, tok,
-                                   [(m, SAMPLES.value) for m in sweep_mults], variant=variant,
+                                   [(m, sweep_samples) for m in sweep_mults], variant=variant,
                                    run=exp.name)
     timings[sweep] = time.time() - t1
+    peak[sweep] = round(peak_rss_gb(), 2)
 
   results = {"train_length": t, "passkey": [with_ci(r) for r in passkey], "ppl": ppl,
              "stages": stages, "overrides": list(overrides), "held_out_tokens": int(len(hay)),
              "haystack_note": "lengths beyond the held-out split repeat it (wrap-around)",
-             "timings_seconds": {k: round(v, 1) for k, v in timings.items()}}
+             "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
+             "peak_rss_gb": peak}
   with open(os.path.join(workdir, "results.json.tmp"), "w") as f:
     json.dump(results, f, indent=1)
   os.replace(os.path.join(workdir, "results.json.tmp"), os.path.join(workdir, "results.json"))

@@ -86,6 +86,14 @@ def test_cli_passkey_and_ppl_outputs(workdir):
     assert r["samples"] == 2 and 0.0 <= r["accuracy"] <= 1.0 and "exact_match" in r and r["model"]
   for k in ("markdown", "plot"):
     assert epath_exists(out[k])
+  # the answer length defaults to what the run was trained with, for the variant it trained on
+  exp = json.loads((workdir / "experiment.json").read_text())
+  trained = dict(exp, data=dict(exp["data"], passkey="single", passkey_tokens=3))
+  other = tmp_path_factory_copy(workdir, "trained", trained)
+  for kw, want in (({}, 3), ({"passkey_tokens": 4}, 4), ({"variant": "multi"}, 5)):
+    cli.eval_passkey_main(_flags(other, haystack=str(workdir / "hay.txt"), lengths="450", **kw))
+    rows = json.loads((other / "evals" / f"passkey_{kw.get('variant', 'single')}.json").read_text())
+    assert rows[0]["answer_tokens"] == want, (kw, rows[0])
   out = cli.eval_ppl_main(_flags(workdir, haystack=str(workdir / "hay.txt"), lengths="256,400,99999"))
   rows = json.loads((workdir / "evals" / "ppl.json").read_text())
   assert [r["length"] for r in rows] == [256, 400, 99999]
@@ -93,6 +101,14 @@ def test_cli_passkey_and_ppl_outputs(workdir):
   assert epath_exists(out["plot"]) and "| length" in open(out["markdown"]).read().replace("| model | length", "| length")
   out = cli.generate_main(_flags(workdir, prompt="line 1 of", max_new_tokens=4))
   assert len(json.loads(open(out["json"]).read())[0]["tokens"]) == 4
+
+
+def tmp_path_factory_copy(workdir, name: str, experiment: dict):
+  """A sibling run folder holding ``experiment`` as its experiment.json."""
+  d = workdir / name
+  d.mkdir(exist_ok=True)
+  (d / "experiment.json").write_text(json.dumps(experiment))
+  return d
 
 
 def epath_exists(p) -> bool:

@@ -30,7 +30,8 @@ def _define(kind, name, default, help_):
 _define("string", "lengths", "1024,4096", "Comma list of lengths in tokens (K/M suffixes ok).")
 _define("integer", "samples", 10, "Passkey samples per length.")
 _define("string", "variant", "single", f"Passkey variant: one of {PASSKEY_VARIANTS}.")
-_define("integer", "passkey_tokens", 0, "Tokens per passkey variable (0: the variant's default).")
+_define("integer", "passkey_tokens", 0, "Tokens per passkey variable (0: what the run was trained "
+        "with for this variant, else the variant's default).")
 _define("string", "haystack", "", "Haystack / held-out tokens: a text file (tokenised with the run's "
         "tokenizer), a .npy token array, a token-store folder, or 'random'. Empty: the run's "
         "validation split.")
@@ -129,6 +130,8 @@ def eval_passkey_main(fl=flags.FLAGS, exp: Experiment | None = None) -> dict:
   tok = make_tokenizer(exp, _get(fl, "tokenizer", "run"))
   templates = Templates(_get(fl, "needle_template"), _get(fl, "question_template"))
   token_cnt = _get(fl, "passkey_tokens", 0) or None
+  if token_cnt is None and exp.data.passkey == variant:
+    token_cnt = exp.data.passkey_tokens or None  # evaluate the answer length it was trained on
   passkey.check_lengths(lengths, tok, variant, token_cnt, exp.model, templates)
   hay = load_tokens(_get(fl, "haystack", ""), exp, tok, max(lengths))
   model, source = load_model(exp, workdir, _get(fl, "random_init", False))

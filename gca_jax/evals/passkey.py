@@ -140,7 +140,7 @@ def passkey_eval(model, tok, haystack, lengths, *, variant: str = "single", samp
       rows.append(runtime.not_run({**row, "accuracy": None, "exact_match": None}, reason))
       continue
     engine = runtime.engine_for(model, engines, n, segment_chunks, offload)
-    hits = exact = 0
+    hits = exact = answer_tokens = 0
     t0 = time.perf_counter()
     bar = progress(total=samples, desc=f"passkey {variant} L={n}", leave=False) if progress else None
     for ids in runtime.batches(samples, batch):
@@ -149,12 +149,14 @@ def passkey_eval(model, tok, haystack, lengths, *, variant: str = "single", samp
       h, e = score_batch(model, engine, batch_samples, mode=mode,
                          progress=progress if n >= (1 << 20) else None)
       hits, exact = hits + int(h.sum()), exact + int(e.sum())
+      answer_tokens = int(batch_samples[0]["answer_len"])
       if bar is not None:
         bar.update(len(ids))
     if bar is not None:
       bar.close()
     dt = time.perf_counter() - t0
-    row.update(accuracy=hits / samples, exact_match=exact / samples, seconds=round(dt, 3),
+    row.update(accuracy=hits / samples, exact_match=exact / samples, answer_tokens=answer_tokens,
+               seconds=round(dt, 3),
                tokens_per_s=round(n * samples / dt, 1))
     log(f"passkey {variant} length {n}: accuracy {row['accuracy']:.3f} exact {row['exact_match']:.3f} "
         f"({dt:.1f}s)")
