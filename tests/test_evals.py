@@ -129,6 +129,33 @@ def test_ppl_matches_forward_and_baselines(setup):
   assert rows[0]["ppl"] > 1 and rows[1]["not_run"] and "budget" in rows[1]["reason"]
 
 
+def test_full_attention_exact_match_equals_greedy_decoding(setup):
+  """The two-forward full-attention scoring against token-by-token greedy decoding."""
+  _, tok, hay, _ = setup
+  full = build_model(dataclasses.replace(CFG, model_type="full_attention"), rngs=nnx.Rngs(1))
+  s = [passkey.build_sample(hay, 150, np.random.default_rng(i), tok, "single", 3, CFG) for i in range(2)]
+  x = np.stack([passkey.model_inputs(t, CFG)[0] for t in s])
+  truth = np.stack([t["tokens"] for t in s])
+  a0, n, kp = int(s[0]["answer_start"]), int(s[0]["answer_len"]), int(s[0]["key_pos"])
+
+  def greedy(prefix):
+    out = []
+    for _ in range(n):
+      nxt = int(np.argmax(np.asarray(full.forward(jnp.asarray(prefix[None]))["logits"])[0, -1]))
+      out.append(nxt)
+      prefix = np.append(prefix, nxt).astype(np.int32)
+    return np.array(out)
+
+  truth[0, a0:a0 + n] = greedy(truth[0, :a0])  # sample 0's answer is what greedy decoding gives
+  truth[1, a0:a0 + n] = (greedy(truth[1, :a0]) + 1) % (V - 1)  # sample 1's never matches
+  x[:, :a0 + n] = truth[:, :a0 + n]
+  x[:, kp] = 0
+  hit, exact = passkey._score_full(full, x, truth, kp, 0, a0, n)
+  np.testing.assert_array_equal(exact, [True, False])
+  ref_hit = np.argmax(np.asarray(full.forward(jnp.asarray(x))["logits"])[:, kp - 1], -1) == truth[:, kp]
+  np.testing.assert_array_equal(hit, ref_hit)
+
+
 def test_bad_inputs(workdir, setup):
   model, tok, hay, _ = setup
   with pytest.raises(ValueError, match="bad length"):

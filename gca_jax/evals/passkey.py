@@ -106,15 +106,15 @@ def score_batch(model, engine: Engine | None, samples: list[dict], *, mode: str 
 
 
 def _score_full(model, x, truth, kp, pad, a_start, a_len):
+  """Full attention: one forward on the anti-leak input (the hit) and one on the true input
+  (exact match: greedy decoding reproduces the answer iff every teacher-forced argmax over the
+  answer is right, so no token-by-token decoding of the whole sequence is needed)."""
   logits = np.asarray(model.forward(jnp.asarray(x))["logits"])
   hit = np.argmax(logits[:, kp - 1 + pad], -1) == truth[:, kp]
-  seq = x[:, :a_start + pad]
-  got = []
-  for _ in range(a_len):
-    nxt = np.argmax(np.asarray(model.forward(jnp.asarray(seq))["logits"][:, -1]), -1)
-    got.append(nxt)
-    seq = np.concatenate([seq, nxt[:, None].astype(np.int32)], 1)
-  exact = np.all(np.stack(got, 1) == truth[:, a_start:a_start + a_len], 1)
+  true_in = np.concatenate([x[:, :pad], truth[:, :a_start + a_len]], 1).astype(np.int32)
+  tf = np.asarray(model.forward(jnp.asarray(true_in))["logits"])
+  pred = np.argmax(tf[:, a_start - 1 + pad:a_start - 1 + pad + a_len], -1)
+  exact = np.all(pred == truth[:, a_start:a_start + a_len], 1)
   return hit, exact
 
 
