@@ -19,6 +19,8 @@ Stages (``--stages``, comma list):
   trained like ``demo_drt`` and evaluated on single passkey at 1x, 16x, 256x
   (``--ablation_samples`` per length, default 100).
 
+The 2-hop and ablation runs also get held-out perplexity at ``--sweep_ppl_multipliers``.
+
 Every stage records its wall time and the process's peak resident memory so far
 (``timings_seconds``, ``peak_rss_gb``).
 
@@ -54,6 +56,8 @@ ABLATION_SAMPLES = flags.DEFINE_integer("ablation_samples", 100, "Passkey sample
                                         "the ablation stage.")
 ABLATION_MULTIPLIERS = flags.DEFINE_string("ablation_multipliers", "1,16,256",
                                            "Ablation passkey lengths (multiples of training length).")
+SWEEP_PPL_MULTIPLIERS = flags.DEFINE_string("sweep_ppl_multipliers", "1,64",
+                                            "Perplexity lengths of the 2-hop and ablation runs.")
 HOP_MULTIPLIERS = flags.DEFINE_string("hop_multipliers", "1,4,16,64", "2-hop passkey lengths.")
 MEMORY_BUDGET_GB = flags.DEFINE_float("replicate_memory_budget_gb", 20.0,
                                       "Memory budget per evaluation batch (16M needs ~9 GB).")
@@ -176,6 +180,9 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
       passkey += demo.passkey_rows(demo.DRT, exp, run_dir, demo.trained_step(run_dir), cache, hay, tok,
                                    [(m, sweep_samples) for m in sweep_mults], variant=variant,
                                    run=exp.name)
+      ppl += demo.ppl_rows(demo.DRT, exp, run_dir, demo.trained_step(run_dir), cache, hay,
+                           demo._ints(SWEEP_PPL_MULTIPLIERS.value), demo.PPL_WINDOWS.value,
+                           run=exp.name)
     timings[sweep] = time.time() - t1
     peak[sweep] = round(peak_rss_gb(), 2)
 
@@ -196,6 +203,10 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
       lines.append(f"| {r['run']} | {r['variant']} | {r['length']:,} | {r['multiplier']}x | "
                    f"{r['samples']} | {100 * r['accuracy']:.1f}% | {100 * r['ci95_low']:.1f}% | "
                    f"{100 * r['exact_match']:.1f}% |")
+  lines += ["", "| run | length | x train | ppl |", "|---|---|---|---|"]
+  for r in results["ppl"]:
+    cell = f"{r['ppl']:.2f}" if not r.get("not_run") else f"not run: {r['reason']}"
+    lines.append(f"| {r['run']} | {r['length']:,} | {r['multiplier']}x | {cell} |")
   table = "\n".join(lines) + "\n"
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(table)
