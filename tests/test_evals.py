@@ -14,7 +14,7 @@ from flax import nnx
 
 from gca_jax.config import Experiment, ModelConfig, DataConfig, to_dict
 from gca_jax.evals import cli, passkey, perplexity, runtime
-from gca_jax.evals.haystack import ByteTokenizer, random_haystack
+from gca_jax.evals.haystack import ByteTokenizer, random_haystack, window
 from gca_jax.evals.templates import Templates
 from gca_jax.model import build_model
 
@@ -154,6 +154,14 @@ def test_full_attention_exact_match_equals_greedy_decoding(setup):
   np.testing.assert_array_equal(exact, [True, False])
   ref_hit = np.argmax(np.asarray(full.forward(jnp.asarray(x))["logits"])[:, kp - 1], -1) == truth[:, kp]
   np.testing.assert_array_equal(hit, ref_hit)
+
+
+def test_haystack_window_wraps():
+  hay = np.array([10, 11, 12, 13, 14], np.int32)
+  np.testing.assert_array_equal(window(hay, 3, 12), [13, 14, 10, 11, 12, 13, 14, 10, 11, 12, 13, 14])
+  np.testing.assert_array_equal(window(hay, 7, 2), [12, 13])  # start wraps too
+  big = window(np.arange(64, dtype=np.int32), 5, 1 << 24)  # 16M over 64: seconds, not minutes
+  assert big.shape == (1 << 24,) and big[0] == 5 and big[-1] == (5 + (1 << 24) - 1) % 64
 
 
 def test_bad_inputs(workdir, setup):
