@@ -161,7 +161,7 @@ def passkey_rows(kind: str, exp, run_dir: str, step: int, cache: EvalCache, hay,
                               "tokens are not run in the demo (--full_attention_max_length)")
       else:
         r = passkey.passkey_eval(_model(exp, run_dir, state), tok, hay, [n], variant=variant,
-                                 samples=samples, seed=seed, token_cnt=exp.data.passkey_tokens or None,
+                                 samples=samples, seed=seed, token_cnt=passkey.trained_token_cnt(exp, variant),
                                  batch=passkey_batch(n, samples), segment_chunks=1024,
                                  engines=state.setdefault("engines", {}),
                                  model_name=kind, log=lambda *_: None)[0]
@@ -366,18 +366,26 @@ def run(workdir: str, overrides: list[str], baselines: bool) -> dict:
   return results
 
 
-def main(argv) -> int:
+def cli_main(argv, body) -> int:
+  """The demo and replicate entry: no positional arguments, quiet Orbax, ``body()``'s exit
+  status, and a ConfigError printed as ``error: ...`` with exit status 2."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; use --flag=value")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   from gca_jax.config import ConfigError
   try:
-    run(WORKDIR.value, SET.value, BASELINES.value)
+    return body()
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  return 0
+
+
+def main(argv) -> int:
+  def body() -> int:
+    run(WORKDIR.value, SET.value, BASELINES.value)
+    return 0
+  return cli_main(argv, body)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,10 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
   cache = demo.EvalCache(os.path.join(workdir, "eval_cache.json"))
   t = drt.data.seq_len
   passkey, ppl, timings, peak = [], [], {}, {}
+
+  def stage_done(name: str, started: float) -> None:
+    timings[name] = time.time() - started
+    peak[name] = round(peak_rss_gb(), 2)
   mults = demo._ints(demo.MULTIPLIERS.value)
 
   if "single" in stages or "16m" in stages:
@@ -148,8 +152,7 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
                                    [(m, SAMPLES.value) for m in mults], state=state)
       ppl += demo.ppl_rows(demo.DRT, drt, run_dir, step, cache, hay,
                            demo._ints(demo.PPL_MULTIPLIERS.value), demo.PPL_WINDOWS.value, state=state)
-      timings["single"] = time.time() - t1
-      peak["single"] = round(peak_rss_gb(), 2)
+      stage_done("single", t1)
     if "16m" in stages:
       t1 = time.time()
       from gca_jax.evals import runtime
@@ -162,8 +165,7 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
       else:
         passkey += demo.passkey_rows(demo.DRT, drt, run_dir, step, cache, hay, tok,
                                      [(m, SAMPLES_16M.value)], state=state)
-      timings["16m"] = time.time() - t1
-      peak["16m"] = round(peak_rss_gb(), 2)
+      stage_done("16m", t1)
 
   sweeps = []
   if "2hop" in stages:
@@ -183,8 +185,7 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
       ppl += demo.ppl_rows(demo.DRT, exp, run_dir, demo.trained_step(run_dir), cache, hay,
                            demo._ints(SWEEP_PPL_MULTIPLIERS.value), demo.PPL_WINDOWS.value,
                            run=exp.name)
-    timings[sweep] = time.time() - t1
-    peak[sweep] = round(peak_rss_gb(), 2)
+    stage_done(sweep, t1)
 
   results = {"train_length": t, "passkey": [with_ci(r) for r in passkey], "ppl": ppl,
              "stages": stages, "overrides": list(overrides), "held_out_tokens": int(len(hay)),
@@ -215,24 +216,16 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
 
 
 def main(argv) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; use --flag=value")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  from gca_jax.config import ConfigError
-  stages = [s.strip() for s in STAGES.value.split(",") if s.strip()]
-  bad = set(stages) - {"single", "16m", "2hop", "ablation"}
-  if bad:
-    print(f"error: unknown --stages {sorted(bad)}; use single,16m,2hop,ablation", file=sys.stderr)
-    return 2
-  workdir = flags.FLAGS["workdir"].value if flags.FLAGS["workdir"].present else "runs/replicate"
-  try:
+  def body() -> int:
+    stages = [s.strip() for s in STAGES.value.split(",") if s.strip()]
+    bad = set(stages) - {"single", "16m", "2hop", "ablation"}
+    if bad:
+      print(f"error: unknown --stages {sorted(bad)}; use single,16m,2hop,ablation", file=sys.stderr)
+      return 2
+    workdir = flags.FLAGS["workdir"].value if flags.FLAGS["workdir"].present else "runs/replicate"
     run(workdir, demo.SET.value, stages)
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
-
+    return 0
+  return demo.cli_main(argv, body)
 
 if __name__ == "__main__":
   app.run(main)

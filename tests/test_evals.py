@@ -89,7 +89,7 @@ def test_cli_passkey_and_ppl_outputs(workdir):
   # the answer length defaults to what the run was trained with, for the variant it trained on
   exp = json.loads((workdir / "experiment.json").read_text())
   trained = dict(exp, data=dict(exp["data"], passkey="single", passkey_tokens=3))
-  other = tmp_path_factory_copy(workdir, "trained", trained)
+  other = _run_folder(workdir, "trained", trained)
   for kw, want in (({}, 3), ({"passkey_tokens": 4}, 4), ({"variant": "multi"}, 5)):
     cli.eval_passkey_main(_flags(other, haystack=str(workdir / "hay.txt"), lengths="450", **kw))
     rows = json.loads((other / "evals" / f"passkey_{kw.get('variant', 'single')}.json").read_text())
@@ -103,7 +103,7 @@ def test_cli_passkey_and_ppl_outputs(workdir):
   assert len(json.loads(open(out["json"]).read())[0]["tokens"]) == 4
 
 
-def tmp_path_factory_copy(workdir, name: str, experiment: dict):
+def _run_folder(workdir, name: str, experiment: dict):
   """A sibling run folder holding ``experiment`` as its experiment.json."""
   d = workdir / name
   d.mkdir(exist_ok=True)

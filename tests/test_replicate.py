@@ -4,7 +4,6 @@ end on tiny settings (fixture corpus, 4 steps) writing results.json in the demo'
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -14,22 +13,17 @@ import pytest
 from tests.test_demo import REPO, SETS
 
 
-def _replicate():
-  from experiments import replicate
-  return replicate
-
-
-def test_wilson_bound_matches_closed_form():
-  rep = _replicate()
-  z = 1.959963984540054
-  for hits, n in ((300, 300), (297, 300), (0, 10), (7, 10)):
-    p = hits / n  # Wilson: (p + z^2/2n - z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)
-    want = (p + z * z / (2 * n) - z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
-    assert rep.wilson_low(hits, n) == pytest.approx(max(0.0, want), abs=1e-12)
+def test_wilson_bound_reference_values():
+  from experiments import replicate as rep
+  z2 = 1.959963984540054 ** 2
+  for n in (10, 300):  # all hits: the Wilson lower bound reduces to n / (n + z^2)
+    assert rep.wilson_low(n, n) == pytest.approx(n / (n + z2), rel=1e-12)
+  assert rep.wilson_low(0, 10) == 0.0
+  assert rep.wilson_low(7, 10) == pytest.approx(0.3968, abs=1e-4)  # textbook 95% interval 0.397-0.892
 
 
 def test_clopper_pearson_bound_closed_forms():
-  rep = _replicate()  # scipy comes with jax, so the exact bound is always available
+  from experiments import replicate as rep  # scipy comes with jax: the exact bound is available
   # all hits: the lower bound solves p^n = alpha/2; no hits: 0
   assert rep.clopper_pearson_low(300, 300) == pytest.approx(0.025 ** (1 / 300), rel=1e-9)
   assert rep.clopper_pearson_low(10, 10) == pytest.approx(0.025 ** (1 / 10), rel=1e-9)

@@ -129,9 +129,7 @@ def eval_passkey_main(fl=flags.FLAGS, exp: Experiment | None = None) -> dict:
   lengths = runtime.parse_lengths(_get(fl, "lengths", "1024"))
   tok = make_tokenizer(exp, _get(fl, "tokenizer", "run"))
   templates = Templates(_get(fl, "needle_template"), _get(fl, "question_template"))
-  token_cnt = _get(fl, "passkey_tokens", 0) or None
-  if token_cnt is None and exp.data.passkey == variant:
-    token_cnt = exp.data.passkey_tokens or None  # evaluate the answer length it was trained on
+  token_cnt = _get(fl, "passkey_tokens", 0) or passkey.trained_token_cnt(exp, variant)
   passkey.check_lengths(lengths, tok, variant, token_cnt, exp.model, templates)
   hay = load_tokens(_get(fl, "haystack", ""), exp, tok, max(lengths))
   model, source = load_model(exp, workdir, _get(fl, "random_init", False))

@@ -48,6 +48,12 @@ def build_sample(hay, length: int, rng, tok, variant: str, token_cnt, cfg, templ
                        f"{c}-token layout chunk: {e}") from None
 
 
+def trained_token_cnt(exp, variant: str) -> int | None:
+  """Tokens per passkey variable a run was trained with for ``variant`` (None: the variant's
+  default), so an evaluation scores the answer length the model learned."""
+  return (exp.data.passkey_tokens or None) if exp.data.passkey == variant else None
+
+
 def check_lengths(lengths, tok, variant: str, token_cnt, cfg, templates=None) -> None:
   """Raises before anything runs if a length is too short for the layout."""
   hay = np.full(64, 32, np.int32)
