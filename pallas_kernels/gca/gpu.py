@@ -1,21 +1,98 @@
-"""GPU: no Pallas kernel; ``impl="auto"`` runs the XLA path there. Why, for the record.
+"""The Pallas GPU kernel of GCA on public-layout arrays: pad, run the custom_vjp, slice.
 
-With jax 0.10 a Pallas GPU kernel would be written either for the Triton backend or for Mosaic
-GPU:
+Backend: Triton (``jax.experimental.pallas.triton``), not Mosaic GPU. Measured with jax 0.10.2
+on a CPU-only host:
 
-* Triton: ``pallas_call`` on GPU has no scalar prefetch, so the top-k ids cannot drive the
-  BlockSpec index maps; the kernel would read ``idx`` itself and gather the chunks with manual
-  loads, i.e. a second kernel design, not a port of ``tpu.py``. The Triton backend is also
-  being deprecated from jax 0.11 (DESIGN.md), so the work would have a short life.
-* Mosaic GPU: Hopper/Blackwell only (warpgroup MMA, TMA), still an experimental API that changes
-  between releases, and a kernel for it cannot be compiled, run or timed without such a GPU.
-  No GPU is available to this project's CI, so it would ship untested.
+* Triton kernels run in interpret mode (``interpret=True``) and so are checked against the
+  float64 oracle here, forward and all gradients (tests/test_gca_kernel_gpu.py); a gathered load
+  ``k_ref[idx_ref[i]]`` both interprets and lowers. Mosaic GPU's interpreter
+  (``InterpretGPUParams``) refuses any non-trivial BlockSpec window, and a toy gather
+  (``copy_gmem_to_smem`` of ``k_ref.at[idx]`` + barrier) fails in it ("nan + barrier") and, with
+  plain ``interpret=True``, has no discharge rule for ``copy_gmem_to_smem``: a Mosaic GPU kernel
+  could not be proven correct from this host.
+* Both lower for CUDA under ``jax.export`` (``__gpu$xla.gpu.triton`` vs ``mosaic_gpu_v2``), but
+  Mosaic GPU in jax 0.10 needs Hopper or newer (wgmma/TMA), whereas Triton also runs on Ampere.
 
-The XLA path (``reference.py`` under ``jax.checkpoint``) is exact, differentiable, and XLA:GPU
-fuses its gather + einsums well enough for the chunk sizes of DRT (S = 63/64, K <= 32). Revisit
-with Mosaic GPU once there is a GPU to test on and its API is stable.
+When the pin moves to JAX 0.11: its changelog deprecates the Pallas Triton backend (to be
+removed later; the advice is Mosaic GPU, or jax_triton to keep Triton kernels). The kernel keeps
+working while deprecated; before the removal, port ``gpu_kernels.py`` to Mosaic GPU, whose newer
+releases add a pre-Hopper (cp.async) path: the design (whole chunk per step, per-pick lse and
+delta, reverse-map dk/dv) carries over, and ``tests/test_gca_kernel_gpu.py`` and
+``tests/test_cuda_export.py`` are the port's acceptance tests (the export test names the custom
+call to expect).
 """
 
 from __future__ import annotations
 
-GPU_KERNEL_AVAILABLE = False
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pallas_kernels.gca import gpu_kernels
+from pallas_kernels.gca.gpu_block_sizes import GpuBlockSizes, default_gpu_block_sizes
+from pallas_kernels.gca.gpu_cost import cost_model, padded_dims
+
+GPU_KERNEL_AVAILABLE = True
+CUSTOM_CALL = "__gpu$xla.gpu.triton"  # what the kernel lowers to for CUDA
+__all__ = ["CUSTOM_CALL", "GpuBlockSizes", "cost_model", "gca_gpu", "make_gpu_kernel"]
+
+
+def make_gpu_kernel(*, seq_len: int, head_dim: int, softmax_one: bool, block_sizes: GpuBlockSizes,
+                    rows: int, interpret: bool):
+  """Returns ``f(q, k, v, idx, w) -> out`` on padded public-layout arrays, with exact gradients in
+  q, k, v and w. Residuals: the inputs and the per-pick lse; no per-pick output is stored.
+
+  dW[b, c, i] = sum over heads and rows of <dO, o_i>: the dq kernel emits that per-row delta of
+  every pick, so dW is one XLA reduction of it (pad rows have dO = 0 and add nothing).
+  """
+  common = dict(seq_len=seq_len, head_dim=head_dim, rows=rows, interpret=interpret)
+  launch = dict(warps=block_sizes.num_warps, stages=block_sizes.num_stages)
+
+  def forward(q, k, v, idx, w):
+    return gpu_kernels.fwd(q, k, v, idx, w, softmax_one=softmax_one, **common, **launch)
+
+  def forward_with_residuals(q, k, v, idx, w):
+    out, lse = forward(q, k, v, idx, w)
+    return out, (q, k, v, idx, w, lse)
+
+  def backward(res, do):
+    q, k, v, idx, w, lse = res
+    dq, delta = gpu_kernels.bwd_dq(q, k, v, idx, w, do, lse, **common, **launch)
+    dk, dv = gpu_kernels.bwd_dkv(q, k, v, do, lse, delta, idx, w, **common,
+                                 warps=block_sizes.dkv_warps(k.shape[2], k.shape[4]))
+    dw = jnp.sum(delta, axis=(2, 4))  # over query heads and rows
+    return dq, dk, dv, np.zeros(idx.shape, jax.dtypes.float0), dw.astype(w.dtype)
+
+  gca = jax.custom_vjp(lambda q, k, v, idx, w: forward(q, k, v, idx, w)[0])
+  gca.defvjp(forward_with_residuals, backward)
+  return gca
+
+
+def _device_kind() -> str | None:
+  devices = jax.devices()
+  return devices[0].device_kind if devices and devices[0].platform == "gpu" else None
+
+
+def gca_gpu(q, k_mem, v_mem, idx, w, *, softmax_one: bool = False,
+            block_sizes: GpuBlockSizes | None = None, interpret=False):
+  """GCA by the Triton kernel (``gpu_kernels.py``); same contract as ``gca_attention``.
+
+  ``interpret`` may be any truthy value (a TPU ``InterpretParams`` too): the kernel then runs in
+  the generic Pallas interpreter, which is the one that understands Triton kernels.
+  """
+  if block_sizes is None:
+    block_sizes = default_gpu_block_sizes(None if interpret else _device_kind())
+  if not isinstance(block_sizes, GpuBlockSizes):
+    raise TypeError(f"gca_attention(platform='gpu'): block_sizes must be a GpuBlockSizes "
+                    f"(pallas_kernels.gca.gpu_block_sizes), got {type(block_sizes).__name__}")
+  _, _, nq, _, d = q.shape
+  s = k_mem.shape[2]
+  rows, qp, sp, dp = padded_dims(nq, s, d, block_sizes)
+  kernel = make_gpu_kernel(seq_len=s, head_dim=d, softmax_one=softmax_one,
+                           block_sizes=block_sizes, rows=rows, interpret=bool(interpret))
+  pad_q = ((0, 0), (0, 0), (0, qp - nq), (0, 0), (0, dp - d))
+  pad_m = ((0, 0), (0, 0), (0, sp - s), (0, 0), (0, dp - d))
+  out = kernel(jnp.pad(q, pad_q), jnp.pad(k_mem, pad_m), jnp.pad(v_mem, pad_m),
+               idx.astype(jnp.int32), w.astype(jnp.float32))
+  return out[:, :, :nq, :, :d]
+
