@@ -1,8 +1,9 @@
-"""The fused Pallas GCA kernel (interpret mode on CPU) and the XLA path vs a float64 numpy oracle.
+"""The Mosaic TPU GCA kernels (TPU interpret mode on CPU) and the XLA path vs a float64 numpy oracle.
 
-The oracle below is written from method-spec §4.2/§4.3 with numpy only: forward, the per-pick
-softmax (with the exact +1 of softmax_one), dq, dk/dv scatter-added over repeated picks, and dW.
-Shapes are a covering set, not a cartesian product, so the file stays within a few minutes.
+The oracle below is written from docs/method.md with numpy only: forward, the per-pick softmax
+(with the exact +1 of softmax_one), dq, dk/dv scatter-added over repeated picks, and dW. The
+kernels run under ``InterpretParams(out_of_bounds_reads="raise")``, so a DMA outside an array
+fails the test. Shapes are a covering set, not a cartesian product, so the file stays short.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.sharding import Mesh
 
 from pallas_kernels.gca import gca_attention
-from pallas_kernels.gca.api import gca_pallas
-from pallas_kernels.gca.block_sizes import BlockSizes
+from pallas_kernels.gca.tpu_op import gca_tpu as gca_pallas
+from pallas_kernels.gca.block_sizes import BlockSizes, default_block_sizes, vmem_bytes
+from pallas_kernels.gca.tpu import Dims, dkv_grid, query_grid
+from pallas_kernels.gca.tpu_op import plan
 from pallas_kernels.gca.sharding import gca_attention_sharded
 
 # --------------------------------------------------------------------------------------------
@@ -124,8 +127,12 @@ def check(fn, case, softmax_one, seed=0, **flags):
   return grads
 
 
+CHECKED = pltpu.InterpretParams(out_of_bounds_reads="raise")
+
+
 def pallas(softmax_one, **kw):
-  return lambda *a: gca_attention(*a, softmax_one=softmax_one, impl="pallas", interpret=True, **kw)
+  return lambda *a: gca_attention(*a, softmax_one=softmax_one, impl="pallas", platform="tpu",
+                                  interpret=CHECKED, **kw)
 
 
 def xla(softmax_one):
@@ -170,11 +177,30 @@ def test_pallas_duplicate_and_zero_weight_picks(softmax_one):
   np.testing.assert_array_equal(np.asarray(out), np.asarray(out_without))
 
 
-def test_pallas_query_blocks_of_several_chunks():
-  """block_c=2 over C=5 chunks (one pad chunk) gives the same numbers as the oracle."""
-  fn = lambda *a: gca_pallas(*a, softmax_one=True, block_sizes=BlockSizes(block_c=2),
-                             interpret=True)
-  check(fn, (1, 5, 9, 8, 3, 2, 1, 64, 5, F32), True)
+def test_pallas_blocks_pad_chunks_and_split_heads():
+  """Blocks that do not divide the shape: forward 2 and dq 3 query chunks per step over C=5
+  (padded to 6), 2 memory chunks per dk/dv step over M=5 (padded to 6), one of 2 kv heads per
+  step; the numbers are the oracle's."""
+  bs = BlockSizes(block_c_fwd=2, block_c_dq=3, block_m_dkv=2, block_kh=1)
+  fn = lambda *a: gca_pallas(*a, softmax_one=True, block_sizes=bs, interpret=CHECKED)
+  check(fn, (1, 5, 9, 8, 3, 4, 2, 64, 5, F32), True, dup=True)
+
+
+def test_block_sizes_plan_and_vmem():
+  """The paper shape's plan and VMEM footprint against hand-computed numbers."""
+  dims, bs = plan((4, 259, 64, 12, 64), (4, 260, 64, 12, 64), 8, 2, default_block_sizes("TPU v5 lite"))
+  assert dims == Dims(b=4, c=259, cp=264, kh=12, r=64, d=64, mp=260, sp=64, k=8, itemsize=2)
+  assert query_grid(dims, bs.block_c_fwd, bs.block_kh) == (4, 1, 33)  # 132 steps, not 99,456
+  assert dkv_grid(dims, bs.block_m_dkv, bs.block_kh) == (4, 1, 65)  # M=260 in blocks of 4
+  # forward, block_c=8: q and out blocks (8*12 tiles of [64, 128] bf16 = 16 KiB) and the lse block
+  # (8*8 tiles of [16, 128] f32 = 8 KiB) double-buffered; two 2-slot k/v buffers (2*12 tiles of
+  # 16 KiB each); the f32 accumulator (8*12 tiles of 32 KiB); w (8 tiles of 4 KiB), twice.
+  kib = 2 * (2 * 96 * 16 + 64 * 8 + 8 * 4) + 2 * 24 * 16 + 96 * 32
+  assert vmem_bytes("fwd", dims, 8, 12) == kib * 1024
+  with pytest.raises(ValueError, match="block_kh=5 must divide"):
+    plan((1, 2, 8, 4, 64), (1, 3, 8, 4, 64), 2, 4, BlockSizes(block_kh=5))
+  with pytest.raises(ValueError, match="block_m_dkv=0"):
+    BlockSizes(block_m_dkv=0)
 
 
 @pytest.mark.parametrize("case, softmax_one", [(CASES[1], True), (CASES[2], False),
@@ -193,12 +219,14 @@ def test_xla_matches_oracle(case, softmax_one):
 def test_out_of_range_picks_raise_eagerly(impl, bad):
   q, km, vm, idx, w, _ = make_inputs(0, 1, 2, 8, 8, 2, 1, 1, 64, 4, F32)
   with pytest.raises(ValueError, match=r"outside \[0, M=4\)"):
-    gca_attention(q, km, vm, idx.at[0, 1, 0].set(bad), w, impl=impl, interpret=True)
+    gca_attention(q, km, vm, idx.at[0, 1, 0].set(bad), w, impl=impl, platform="tpu",
+                  interpret=True)
 
 
 def test_out_of_range_picks_raise_under_jit_in_checked_mode():
   q, km, vm, idx, w, _ = make_inputs(0, 1, 2, 8, 8, 2, 1, 1, 64, 4, F32)
-  fn = jax.jit(lambda i: gca_attention(q, km, vm, i, w, impl="pallas", interpret=True))
+  fn = jax.jit(lambda i: gca_attention(q, km, vm, i, w, impl="pallas", platform="tpu",
+                                       interpret=True))
   with pytest.raises(Exception, match=r"outside \[0, M=4\)"):
     jax.block_until_ready(fn(idx.at[0, 0, 1].set(7)))
 
@@ -238,7 +266,7 @@ def test_sharded_pallas_on_8_devices():
   assert devices.size == 8, "tests/conftest.py must give 8 host CPU devices"
   mesh = Mesh(devices.reshape(2, 2, 2), ("data", "fsdp", "tensor"))
   fn = lambda *a: gca_attention_sharded(*a, mesh=mesh, softmax_one=True, impl="pallas",
-                                        interpret=True)
+                                        platform="tpu", interpret=True)
   check(fn, (4, 2, 9, 8, 3, 4, 2, 64, 3, F32), True)
 
 
@@ -253,7 +281,7 @@ def test_sharded_pallas_on_8_devices():
 def test_tpu_aot_compiles_forward_and_backward():
   from benchmarks.gca_kernel_aot import compile_case
 
-  for topology in ("v5e:2x2", "v5p:2x2x1"):
+  for topology in ("v5e:2x2", "v5p:2x2x1", "v6e:2x2"):
     rec = compile_case(topology, batch=4, n_chunks=16, backward=True)
     assert rec["ok"], rec.get("error")
     assert rec["memory"]["temp_size_in_bytes"] > 0 and rec["cost"]["flops"] > 0
