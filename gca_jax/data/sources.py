@@ -39,7 +39,7 @@ from gca_jax.data import rserialize
 Document = dict[str, str]
 
 
-class SourceError(RuntimeError):
+class SourceError(RuntimeError, ValueError):
   """A source could not be fetched or read; the message says why and what to do."""
 
 
@@ -75,7 +75,7 @@ def normalise(text: str) -> str:
   return text.strip("\n")
 
 
-def _decode(raw: bytes) -> str:
+def decode_bytes(raw: bytes) -> str:
   try:
     return raw.decode("utf-8-sig")
   except UnicodeDecodeError:
@@ -92,7 +92,7 @@ def _sdist_texts(archive: epath.Path, folder: str, source: str) -> Iterator[Docu
     for m in members:
       stem = m.name.rsplit("/", 1)[-1][:-len("_gut.txt")]
       yield {"id": f"{source}/{stem}", "source": source,
-             "text": normalise(_decode(tar.extractfile(m).read()))}
+             "text": normalise(decode_bytes(tar.extractfile(m).read()))}
 
 
 def _extract_shakespeare(archive: epath.Path) -> Iterator[Document]:
@@ -230,7 +230,7 @@ def read_text_files(path: str | os.PathLike, pattern: str = "*.txt") -> Iterator
     raise SourceError(f"no files matching {pattern!r} under {path}; pass a .txt file or a folder of them")
   for f in files:
     rel = f.name if f == path else str(f.relative_to(path))
-    yield {"id": rel, "source": "text", "text": normalise(_decode(f.read_bytes()))}
+    yield {"id": rel, "source": "text", "text": normalise(decode_bytes(f.read_bytes()))}
 
 
 def read_jsonl(path: str | os.PathLike, field: str = "text") -> Iterator[Document]:
@@ -264,17 +264,22 @@ def read_array_record(path: str | os.PathLike, field: str = "text") -> Iterator[
     raise FileNotFoundError(f"ArrayRecord corpus {path} does not exist")
   ds = ards.ArrayRecordDataSource([str(f) for f in files])
   for i in range(len(ds)):
-    raw = ds[i]
-    text, rid = None, str(i)
-    if raw[:1] == b"{":
-      try:
-        rec = json.loads(raw)
-        text, rid = rec.get(field), str(rec.get("id", i))
-      except json.JSONDecodeError:
-        pass
-    if text is None:
-      text = _decode(raw)
-    yield {"id": rid, "source": "array_record", "text": normalise(text)}
+    yield record_document(ds[i], str(i), field)
+
+
+def record_document(raw: bytes, default_id: str, field: str = "text") -> Document:
+  """An ArrayRecord record as a document: a JSON object with ``field`` (and maybe ``id``), or
+  raw UTF-8 text."""
+  text, rid = None, default_id
+  if raw[:1] == b"{":
+    try:
+      rec = json.loads(raw)
+      text, rid = rec.get(field), str(rec.get("id", default_id))
+    except json.JSONDecodeError:
+      pass
+  if not isinstance(text, str):
+    text = decode_bytes(raw)
+  return {"id": rid, "source": "array_record", "text": normalise(text)}
 
 
 def read_corpus(spec: str, cache_dir: str | os.PathLike | None = None) -> Iterator[Document]:

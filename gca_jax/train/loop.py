@@ -118,9 +118,8 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
   tx = make_optimizer(exp.optim, total)
   schedule = lr_schedule(exp.optim, total)
   train_ds, val_ds, tok = datasets_from_config(exp.data, log=log)
-  if tok.vocab_size != exp.model.vocab_size:
-    raise ConfigError(f"the tokenizer has {tok.vocab_size} ids but model.vocab_size="
-                     f"{exp.model.vocab_size}; set both to data.vocab_size")
+  from gca_jax.data.tokenizer import check_model_ids
+  check_model_ids(tok, exp.model)  # vocabulary, pad and landmark ids
 
   workdir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
   graphdef, abstract, shardings, target, init_fn = abstract_train_state(exp, mesh, tx)
