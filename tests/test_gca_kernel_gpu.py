@@ -41,7 +41,7 @@ def test_forward_and_gradients_match_oracle(case):
   *shape, dtype, softmax_one, block_q = case
   q, k_mem, v_mem, idx, w = _inputs(hash(tuple(shape)) % 2**31, *shape, dtype=dtype)
   out, vjp = _run(q, k_mem, v_mem, idx, w, softmax_one,
-                  None if block_q is None else GpuBlockSizes(block_q=block_q))
+                  None if block_q is None else {"block_q": block_q})  # dict: ExecutionConfig's form
   dout = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), dtype)
   grads = vjp(dout)
   assert out.dtype == dtype and out.shape == q.shape
@@ -101,5 +101,27 @@ def test_bad_block_sizes_are_clear_errors():
   with pytest.raises(TypeError, match="GpuBlockSizes"):
     gca_attention(q, k_mem, v_mem, idx, w, impl="pallas", platform="gpu", interpret=True,
                   block_sizes=BlockSizes())
+  with pytest.raises(ValueError, match=r"\['block_k'\] do not exist"):
+    gca_attention(q, k_mem, v_mem, idx, w, impl="pallas", platform="gpu", interpret=True,
+                  block_sizes={"block_k": 64})
   with pytest.raises(ValueError, match="power of two"):
     GpuBlockSizes(block_q=48)
+
+
+def test_gpu_check_dry_run_and_no_gpu_message(tmp_path, capsys):
+  """benchmarks/gpu_check.py: --dry-run runs the whole check (kernel vs XLA, JSON) on this host;
+  without a GPU and without --dry-run it stops with status 2 and says what to do."""
+  import json  # noqa: PLC0415
+
+  from benchmarks import gpu_check  # noqa: PLC0415
+
+  assert gpu_check.main(["--dry-run", "--out", str(tmp_path)]) == 0
+  rec = json.loads((tmp_path / "gpu_check_dry_run.json").read_text())
+  assert rec["correct"] and rec["interpret"] and rec["speedup"] > 0
+  assert max(rec["max_rel_error"].values()) < 1e-4 and set(rec["max_rel_error"]) == {
+      "loss", "dq", "dk", "dv", "dw"}
+  assert rec["model"]["kernel_bytes"] < rec["model"]["xla_bytes"]
+  capsys.readouterr()
+  assert gpu_check.main(["--out", str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert "no CUDA GPU" in err and "--dry-run" in err

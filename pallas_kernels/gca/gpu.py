@@ -24,6 +24,8 @@ call to expect).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,15 +75,28 @@ def _device_kind() -> str | None:
   return devices[0].device_kind if devices and devices[0].platform == "gpu" else None
 
 
+def _with_overrides(sizes: GpuBlockSizes, overrides: dict) -> GpuBlockSizes:
+  """``sizes`` with ``{field: value}`` overrides (``ExecutionConfig.gca_block_sizes``)."""
+  fields = [f.name for f in dataclasses.fields(GpuBlockSizes)]
+  unknown = sorted(set(overrides) - set(fields))
+  if unknown:
+    raise ValueError(f"gca_attention(platform='gpu'): block_sizes fields {unknown} do not exist; "
+                     f"GpuBlockSizes has {fields}")
+  return dataclasses.replace(sizes, **overrides)
+
+
 def gca_gpu(q, k_mem, v_mem, idx, w, *, softmax_one: bool = False,
-            block_sizes: GpuBlockSizes | None = None, interpret=False):
+            block_sizes: GpuBlockSizes | dict | None = None, interpret=False):
   """GCA by the Triton kernel (``gpu_kernels.py``); same contract as ``gca_attention``.
+
+  ``block_sizes``: a ``GpuBlockSizes``, a ``{field: value}`` dict over the chip's defaults, or None.
 
   ``interpret`` may be any truthy value (a TPU ``InterpretParams`` too): the kernel then runs in
   the generic Pallas interpreter, which is the one that understands Triton kernels.
   """
-  if block_sizes is None:
-    block_sizes = default_gpu_block_sizes(None if interpret else _device_kind())
+  if block_sizes is None or isinstance(block_sizes, dict):
+    block_sizes = _with_overrides(default_gpu_block_sizes(None if interpret else _device_kind()),
+                                  block_sizes or {})
   if not isinstance(block_sizes, GpuBlockSizes):
     raise TypeError(f"gca_attention(platform='gpu'): block_sizes must be a GpuBlockSizes "
                     f"(pallas_kernels.gca.gpu_block_sizes), got {type(block_sizes).__name__}")
