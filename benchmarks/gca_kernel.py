@@ -1,8 +1,10 @@
 """Times ``gca_attention(impl="xla")`` forward and forward+backward at the paper shape on this host.
 
 Bandwidth is "useful bytes" (picked K/V chunks + q + out) over time: the bytes a fused kernel
-must move at least, so it compares implementations rather than measuring DRAM. The TPU figures
-are XLA's cost-model estimate from ``benchmarks/gca_kernel_aot.py`` (no TPU was used).
+must move at least, so it compares implementations rather than measuring DRAM. The Pallas
+kernels are not timed here (interpret mode on a CPU says nothing about TPU speed): their TPU
+figures are XLA's cost-model estimate from ``benchmarks/gca_kernel_aot.py`` and the roofline
+model of ``benchmarks/gca_kernel_model.py``, copied into the report (no TPU was used).
 
   python benchmarks/gca_kernel.py [--batch 1] [--out benchmarks/results/gca_kernel_cpu.json]
 """
@@ -77,6 +79,13 @@ def _tpu_estimate(path):
           dict(r.get("cost", {}), ok=r["ok"]) for r in rep["results"]}
 
 
+def _model_summary(path):
+  if not os.path.exists(path):
+    return {"note": f"{path} missing: run benchmarks/gca_kernel_model.py"}
+  with open(path) as f:
+    return dict(json.load(f)["summary"], note="modeled, not measured")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=1, help="rows per step (paper: 4 per device)")
@@ -98,7 +107,8 @@ def main() -> None:
       versions=dict(python=platform.python_version(), jax=jax.__version__,
                     jaxlib=version("jaxlib"), numpy=np.__version__),
       results={},
-      tpu_cost_model=_tpu_estimate("benchmarks/results/gca_kernel_tpu_aot.json"))
+      tpu_cost_model=_tpu_estimate("benchmarks/results/gca_kernel_tpu_aot.json"),
+      kernel_roofline_model=_model_summary("benchmarks/results/gca_kernel_model.json"))
   for dt in (jnp.float32, jnp.bfloat16):
     report["results"][jnp.dtype(dt).name] = bench(p, dt, args.reps)
     print(jnp.dtype(dt).name, json.dumps(report["results"][jnp.dtype(dt).name]))

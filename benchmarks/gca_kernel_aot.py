@@ -1,7 +1,8 @@
-"""AOT-compiles the fused GCA kernel for TPU topologies from a CPU host (needs libtpu).
+"""AOT-compiles the TPU GCA kernels for v5e, v5p and v6e topologies from a CPU host (needs libtpu).
 
-Proves the Mosaic kernels lower and fit (VMEM, SMEM) on real TPU generations without a TPU, and
-records XLA's memory and cost analysis. The kernels carry a ``pl.CostEstimate`` so the cost
+Proves the Mosaic kernels lower and fit (VMEM, SMEM) with each generation's default block sizes
+on real TPU generations without a TPU, and records XLA's memory and cost analysis plus each
+kernel's VMEM footprint (``block_sizes.vmem_bytes``). The kernels carry a ``pl.CostEstimate`` so the cost
 model sees their flops and bytes. Per device the shape is the paper's training step: B=4 rows of
 C=259 query chunks (1036 query chunks), Q=S=64, H=KH=12, D=64, K=8, M=260 memory chunks, bf16;
 the batch is sharded over every device of the topology.
@@ -27,11 +28,12 @@ from jax.experimental import topologies  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pallas_kernels.gca.api import gca_pallas  # noqa: E402
-from pallas_kernels.gca.block_sizes import default_block_sizes  # noqa: E402
+from pallas_kernels.gca.tpu_op import gca_tpu as gca_pallas  # noqa: E402
+from pallas_kernels.gca.block_sizes import SCOPED_VMEM, default_block_sizes, generation, vmem_bytes  # noqa: E402
+from pallas_kernels.gca.tpu_op import plan  # noqa: E402
 
 PAPER = dict(n_chunks=259, q_len=64, seq=64, heads=12, kv_heads=12, head_dim=64, top_k=8, n_mem=260)
-TOPOLOGIES = ("v5e:2x2", "v5p:2x2x1")
+TOPOLOGIES = ("v5e:2x2", "v5p:2x2x1", "v6e:2x2")
 
 
 def _fn(mesh, block_sizes, backward):
@@ -57,7 +59,13 @@ def compile_case(topology: str, *, batch: int = 4, n_chunks: int = PAPER["n_chun
     rec.update(device_kind=devices[0].device_kind, n_devices=len(devices))
     mesh = Mesh(devices, ("data",))
     block_sizes = default_block_sizes(devices[0].device_kind)
-    rec["block_sizes"] = vars(block_sizes)
+    rec["block_sizes"] = dict(vars(block_sizes))
+    dims, bs = plan((batch, p["n_chunks"], p["q_len"], p["heads"], p["head_dim"]),
+                    (batch, p["n_mem"], p["seq"], p["kv_heads"], p["head_dim"]), p["top_k"], 2,
+                    block_sizes)
+    rec["vmem_bytes"] = {name: vmem_bytes(name, dims, blk, bs.block_kh) for name, blk in
+                         (("fwd", bs.block_c_fwd), ("dq", bs.block_c_dq), ("dkv", bs.block_m_dkv))}
+    rec["scoped_vmem_limit_bytes"] = SCOPED_VMEM.get(generation(devices[0].device_kind))
     b = batch * len(devices)
     shard = NamedSharding(mesh, P("data"))
     sds = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=shard)

@@ -285,3 +285,19 @@ def test_tpu_aot_compiles_forward_and_backward():
     rec = compile_case(topology, batch=4, n_chunks=16, backward=True)
     assert rec["ok"], rec.get("error")
     assert rec["memory"]["temp_size_in_bytes"] > 0 and rec["cost"]["flops"] > 0
+
+
+def test_roofline_model_uses_the_kernels_accounting():
+  """benchmarks/gca_kernel_model.py: the v5e forward row against a hand count of its DMAs."""
+  from benchmarks.gca_kernel_model import build
+
+  row = next(r for r in build()["rows"] if r["kernel"] == "tpu" and r["variant"] == "new"
+             and r["chip"] == "v5e" and r["shape"] == "paper" and r["pass"] == "fwd")
+  picks = 4 * 264 * 8  # C=259 padded to 264 (blocks of 8), K=8, B=4
+  nbytes = (2 * 4 * 264 * 12 * 64 * 64 * 2  # q in, out back
+            + picks * 2 * 12 * 64 * 64 * 2  # the picked k and v chunk, all 12 heads
+            + picks * 12 * 64 * 4 + 4 * 264 * 8 * 4)  # lse out, w in
+  flops = picks * 12 * 2 * (2 * 64 * 64 * 64)
+  assert row["grid_steps"] == 4 * 33 and row["bytes"] == nbytes and row["flops"] == flops
+  assert row["roofline_s"] == max(nbytes / 819e9, flops / 197e12)
+  assert row["modeled_s"] == row["roofline_s"] + 132 * 0.35e-6
