@@ -31,8 +31,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import machine_info, write_json  # noqa: E402
 from benchmarks.gca_kernel import PAPER, _inputs  # noqa: E402
+from benchmarks.gca_kernel_model import xla_cost  # noqa: E402
 from pallas_kernels.gca import gca_attention  # noqa: E402
-from pallas_kernels.gca.gpu_cost import cost_model, xla_path_bytes  # noqa: E402
+from pallas_kernels.gca.gpu_cost import cost_model  # noqa: E402
 
 TINY = dict(batch=1, n_chunks=3, q_len=16, seq=16, heads=2, kv_heads=1, head_dim=64, top_k=2,
             n_mem=4)
@@ -41,6 +42,13 @@ TINY = dict(batch=1, n_chunks=3, q_len=16, seq=16, heads=2, kv_heads=1, head_dim
 CHIPS = [("h200", 4.8e12, 989e12), ("h100 pcie", 2.0e12, 756e12), ("h100", 3.35e12, 989e12),
          ("a100-sxm4-80gb", 2.04e12, 312e12), ("a100", 1.555e12, 312e12)]
 TARGETS = {"roofline_fraction": 0.70, "speedup": 2.0}
+
+
+def _model_shape(shape: dict) -> dict:
+  """``shape`` in the key names of ``benchmarks/gca_kernel_model.py``."""
+  keys = dict(b="batch", c="n_chunks", q="q_len", h="heads", d="head_dim", m="n_mem", s="seq",
+              kh="kv_heads", k="top_k", itemsize="dtype_bytes")
+  return {short: shape[long] for short, long in keys.items()}
 
 
 def chip_specs(device_kind: str) -> tuple[float, float] | None:
@@ -98,7 +106,7 @@ def run(shape: dict, dtype, reps: int, interpret: bool) -> dict:
       "correct": all(e <= tol for e in errors.values()),
       "model": {"kernel_bytes": model["bytes"], "kernel_flops": model["flops"],
                 "kernel_grid_steps": model["grid_steps"],
-                "xla_bytes": xla_path_bytes(cost_shape, "fwd+bwd")},
+                "xla_bytes": xla_cost(_model_shape(cost_shape))["fwd+bwd"][0]},
       "targets": TARGETS,
   }
   if specs is not None:

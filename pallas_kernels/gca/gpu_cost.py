@@ -1,4 +1,4 @@
-"""Roofline inputs of the GPU kernel (grid steps, HBM bytes, flops) and of the XLA path it replaces.
+"""Roofline inputs of the GPU kernel: grid steps, HBM bytes, flops and per-step overhead.
 
 Modeled, not measured: bytes count each kernel's compulsory HBM traffic for its real grid
 (``gpu_kernels.grids``) and padding, flops count the executed (padded) dot tiles. One assumption
@@ -98,27 +98,3 @@ def cost_model(shape: dict, pass_: str, block_sizes: GpuBlockSizes | None = None
   return {**total, "per_step_s": PER_STEP_S, "launch_s": LAUNCH_S,
           "parts": {n: parts[n] for n in names}}
 
-
-def xla_path_bytes(shape: dict, pass_: str) -> int:
-  """HBM bytes of the XLA path (``reference.py`` under ``jax.checkpoint``), modeled.
-
-  Forward: the gather reads the picked chunks of k and v and writes them ([B,C,K,S,KH,D] each),
-  the two einsums read them back; the float32 logits [B,C,H,K,Q,S] are written and read, the
-  probabilities written and read in the memory dtype; the float32 per-pick outputs
-  [B,C,H,K,Q,D] written and read. Backward (remat): the forward again, then dP and dS (float32
-  logit-sized, written and read), the gathered dk/dv cotangents written and read by the
-  scatter-add, and the per-pick dO. Fusion could save some of these; none of them can be avoided
-  by XLA without a fused gather-attention kernel.
-  """
-  _check(shape)
-  b, c, nq, s, h, kh, d, k, m, e = (shape[key] for key in KEYS)
-  gathered = 2 * b * c * k * s * kh * d * e
-  logits = b * c * h * k * nq * s
-  per_pick = b * c * h * k * nq * d * 4
-  q_bytes = b * c * nq * h * d * e
-  fwd = 3 * gathered + logits * (8 + 2 * e) + 2 * per_pick + 2 * q_bytes
-  if pass_ == "fwd":
-    return fwd
-  bwd = (fwd + 2 * logits * 8 + 3 * gathered + 2 * per_pick + 3 * q_bytes
-         + 2 * b * m * s * kh * d * e)
-  return fwd + bwd
