@@ -8,6 +8,7 @@ fails the test. Shapes are a covering set, not a cartesian product, so the file 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import jax
@@ -19,7 +20,7 @@ from jax.sharding import Mesh
 
 from pallas_kernels.gca import gca_attention
 from pallas_kernels.gca.tpu_op import gca_tpu as gca_pallas
-from pallas_kernels.gca.block_sizes import BlockSizes, default_block_sizes, vmem_bytes
+from pallas_kernels.gca.block_sizes import BlockSizes, check_vmem, default_block_sizes, vmem_bytes
 from pallas_kernels.gca.tpu import Dims, dkv_grid, query_grid
 from pallas_kernels.gca.tpu_op import plan
 from pallas_kernels.gca.sharding import gca_attention_sharded
@@ -197,6 +198,11 @@ def test_block_sizes_plan_and_vmem():
   # 16 KiB each); the f32 accumulator (8*12 tiles of 32 KiB); w (8 tiles of 4 KiB), twice.
   kib = 2 * (2 * 96 * 16 + 64 * 8 + 8 * 4) + 2 * 24 * 16 + 96 * 32
   assert vmem_bytes("fwd", dims, 8, 12) == kib * 1024
+  check_vmem(dims, bs, "v5e")  # the defaults fit v5e's 16 MiB
+  too_big = dataclasses.replace(bs, block_c_dq=16)  # 28.9 MiB: fits v6e's 32 MiB, not v5e's 16
+  check_vmem(dims, too_big, "v6e")
+  with pytest.raises(ValueError, match=r"block_c_dq=16 .* over the 16 MiB scoped limit of v5e"):
+    check_vmem(dims, too_big, "v5e")
   with pytest.raises(ValueError, match="block_kh=5 must divide"):
     plan((1, 2, 8, 4, 64), (1, 3, 8, 4, 64), 2, 4, BlockSizes(block_kh=5))
   with pytest.raises(ValueError, match="block_m_dkv=0"):

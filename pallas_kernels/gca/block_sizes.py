@@ -103,3 +103,18 @@ def vmem_bytes(pass_: str, dims: Dims, block: int, block_kh: int) -> int:
     pick_rows = 2 * _tile((2, block_kh, r, d), isz) + 2 * _tile((2, block_kh, r), 4)
     return 2 * 4 * mem + 2 * _tile((block, block_kh, sp, d), 4) + pick_rows
   raise ValueError(f"unknown pass {pass_!r}; use 'fwd', 'dq' or 'dkv'")
+
+
+def check_vmem(dims: Dims, bs: BlockSizes, gen: str | None) -> None:
+  """Raises a ValueError naming the block size to shrink when a kernel's step would not fit the
+  scoped VMEM limit of generation ``gen`` (no check for an unknown generation)."""
+  limit = SCOPED_VMEM.get(gen)
+  if limit is None:
+    return
+  for pass_, field in (("fwd", "block_c_fwd"), ("dq", "block_c_dq"), ("dkv", "block_m_dkv")):
+    need = vmem_bytes(pass_, dims, getattr(bs, field), bs.block_kh)
+    if need > limit:
+      raise ValueError(
+          f"BlockSizes.{field}={getattr(bs, field)} (block_kh={bs.block_kh}) needs "
+          f"{need / 2**20:.1f} MiB of VMEM per {pass_} step, over the {limit >> 20} MiB scoped "
+          f"limit of {gen}; use a smaller {field} or block_kh")

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.gca import layout
-from pallas_kernels.gca.block_sizes import BlockSizes, default_block_sizes
+from pallas_kernels.gca.block_sizes import BlockSizes, check_vmem, default_block_sizes, generation
 from pallas_kernels.gca.tpu import Dims
 from pallas_kernels.gca.vjp import make_gca_kernel
 
@@ -46,9 +46,11 @@ def gca_tpu(q, k_mem, v_mem, idx, w, *, softmax_one: bool = False,
   """GCA by the Mosaic TPU kernels (``tpu.py``); same contract as ``gca_attention``."""
   b, c, nq, h, d = q.shape
   s, kh = k_mem.shape[2], k_mem.shape[3]
+  kind = None if interpret else target_device_kind()
   if block_sizes is None:
-    block_sizes = default_block_sizes(None if interpret else target_device_kind())
+    block_sizes = default_block_sizes(kind)
   dims, bs = plan(q.shape, k_mem.shape, idx.shape[2], q.dtype.itemsize, block_sizes)
+  check_vmem(dims, bs, generation(kind))
   kernel = make_gca_kernel(seq_len=s, n_chunks=c, softmax_one=softmax_one, block_sizes=bs,
                            interpret=interpret)
   idx_p, w_p = layout.pad_picks(idx.astype(jnp.int32), w.astype(jnp.float32), dims.cp)
