@@ -18,13 +18,14 @@ from pallas_kernels.gca.gpu_block_sizes import GpuBlockSizes
 from pallas_kernels.gca.gpu_kernels import reverse_map
 from test_gca_op import _close, _inputs, np_gca
 
-# (B, C, Q, H, KH, D, M, S, K, dtype, softmax_one, block_q)
+# (B, C, Q, H, KH, D, M, S, K, dtype, softmax_one, block sizes: None or ExecutionConfig's dict)
 CASES = [
     (1, 1, 7, 4, 2, 64, 3, 63, 1, jnp.float32, True, None),
     (2, 5, 63, 4, 4, 64, 6, 64, 3, jnp.float32, False, None),
-    (1, 5, 64, 4, 2, 128, 7, 65, 8, jnp.float32, True, None),
+    (1, 5, 64, 4, 2, 128, 7, 65, 8, jnp.float32, True, None),  # Sp=128: 2 dk/dv key tiles
     (2, 1, 65, 4, 4, 128, 4, 7, 3, jnp.bfloat16, False, None),
-    (1, 5, 65, 4, 2, 64, 6, 64, 8, jnp.bfloat16, True, 16),  # 5 row tiles per head
+    (1, 5, 65, 4, 2, 64, 6, 64, 8, jnp.bfloat16, True,
+     {"block_q": 16, "dkv_block_k": 16}),  # 5 row tiles per head, 4 dk/dv key tiles
     (2, 5, 7, 4, 4, 64, 5, 65, 8, jnp.float32, True, None),
 ]
 
@@ -38,10 +39,9 @@ def _run(q, k_mem, v_mem, idx, w, softmax_one, block_sizes=None):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}C{}Q{}H{}KH{}D{}M{}S{}K{}".format(*c[:9]))
 def test_forward_and_gradients_match_oracle(case):
-  *shape, dtype, softmax_one, block_q = case
+  *shape, dtype, softmax_one, block_sizes = case
   q, k_mem, v_mem, idx, w = _inputs(hash(tuple(shape)) % 2**31, *shape, dtype=dtype)
-  out, vjp = _run(q, k_mem, v_mem, idx, w, softmax_one,
-                  None if block_q is None else {"block_q": block_q})  # dict: ExecutionConfig's form
+  out, vjp = _run(q, k_mem, v_mem, idx, w, softmax_one, block_sizes)
   dout = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), dtype)
   grads = vjp(dout)
   assert out.dtype == dtype and out.shape == q.shape

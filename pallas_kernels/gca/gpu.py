@@ -61,6 +61,7 @@ def make_gpu_kernel(*, seq_len: int, head_dim: int, softmax_one: bool, block_siz
     q, k, v, idx, w, lse = res
     dq, delta = gpu_kernels.bwd_dq(q, k, v, idx, w, do, lse, **common, **launch)
     dk, dv = gpu_kernels.bwd_dkv(q, k, v, do, lse, delta, idx, w, **common,
+                                 keys=block_sizes.keys(k.shape[2]),
                                  warps=block_sizes.dkv_warps(k.shape[2], k.shape[4]))
     dw = jnp.sum(delta, axis=(2, 4))  # over query heads and rows
     return dq, dk, dv, np.zeros(idx.shape, jax.dtypes.float0), dw.astype(w.dtype)

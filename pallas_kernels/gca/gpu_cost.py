@@ -49,7 +49,9 @@ def _passes(shape: dict, block_sizes: GpuBlockSizes) -> dict[str, dict]:
   """grid_steps / bytes / flops of each launch: pad, fwd, dq, dkv, dw."""
   b, c, nq, s, h, kh, d, k, m, e = (shape[key] for key in KEYS)
   rows, qp, sp, dp = padded_dims(nq, s, d, block_sizes)
-  grid = grids(batch=b, n_chunks=c, q_pad=qp, heads=h, kv_heads=kh, n_mem=m, rows=rows)
+  tiles_k = sp // block_sizes.keys(sp)  # the dk/dv pass re-reads q, dO and stats per key tile
+  grid = grids(batch=b, n_chunks=c, q_pad=qp, heads=h, kv_heads=kh, n_mem=m, rows=rows, s_pad=sp,
+               keys=block_sizes.keys(sp))
   q_bytes = b * c * qp * h * dp * e  # q, dO, out or dq, padded
   mem_bytes = b * m * sp * kh * dp * e  # k or v, padded
   stats = b * c * h * k * qp * 4  # lse or delta
@@ -70,7 +72,7 @@ def _passes(shape: dict, block_sizes: GpuBlockSizes) -> dict[str, dict]:
              "bytes": 3 * q_bytes + 2 * stats + picks + gather, "flops": 3 * tiles, "launches": 1},
       # k, v read and dk, dv written once per chunk; q, dO and the two stat rows re-read per pick.
       "dkv": {"grid_steps": math.prod(grid["dkv"]),
-              "bytes": 4 * mem_bytes + k * 2 * q_bytes + 2 * stats + n_rev * 4 * 4,
+              "bytes": 4 * mem_bytes + tiles_k * (k * 2 * q_bytes + 2 * stats) + n_rev * 4 * 4,
               "flops": 4 * tiles, "launches": 1},
       "dw": {"grid_steps": 0, "bytes": stats + b * c * k * 4, "flops": b * c * h * k * qp,
              "launches": 1},

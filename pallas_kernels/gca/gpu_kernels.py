@@ -26,10 +26,11 @@ from jax.experimental.pallas import triton as plgpu
 MASK = -1e30  # finite: exp underflows to exactly 0 and no inf - inf appears
 
 
-def grids(*, batch, n_chunks, q_pad, heads, kv_heads, n_mem, rows) -> dict[str, tuple[int, ...]]:
+def grids(*, batch, n_chunks, q_pad, heads, kv_heads, n_mem, rows, s_pad, keys
+          ) -> dict[str, tuple[int, ...]]:
   """The launch grids of the three kernels (also what ``gpu_cost.cost_model`` counts)."""
   q_grid = (heads, q_pad // rows, batch * n_chunks)
-  return {"fwd": q_grid, "dq": q_grid, "dkv": (kv_heads, batch * n_mem)}
+  return {"fwd": q_grid, "dq": q_grid, "dkv": (kv_heads, batch * n_mem, s_pad // keys)}
 
 
 def _logits(q, k, scale, seq_len):
@@ -106,10 +107,10 @@ def _launch(kernel, grid, in_specs, out_specs, out_shape, *, warps, stages, inte
       interpret=interpret, name=name)
 
 
-def _q_grid(q, k, w, rows):
+def _grids(q, k, rows, keys=None):
   b, c, qp, h, _ = q.shape
   return grids(batch=b, n_chunks=c, q_pad=qp, heads=h, kv_heads=k.shape[3], n_mem=k.shape[1],
-               rows=rows)
+               rows=rows, s_pad=k.shape[2], keys=keys or k.shape[2])
 
 
 def fwd(q, k, v, idx, w, *, seq_len, head_dim, softmax_one, rows, warps, stages, interpret):
@@ -119,7 +120,7 @@ def fwd(q, k, v, idx, w, *, seq_len, head_dim, softmax_one, rows, warps, stages,
   q_spec, picks, stats, mem = _q_specs(c, h // k.shape[3], rows, dp, n_picks)
   kernel = functools.partial(_fwd_kernel, n_picks=n_picks, seq_len=seq_len,
                              scale=head_dim ** -0.5, softmax_one=softmax_one)
-  return _launch(kernel, _q_grid(q, k, w, rows)["fwd"],
+  return _launch(kernel, _grids(q, k, rows)["fwd"],
                  [picks, picks, q_spec, mem(k.shape), mem(v.shape)], [q_spec, stats],
                  [jax.ShapeDtypeStruct(q.shape, q.dtype),
                   jax.ShapeDtypeStruct((b, c, h, n_picks, qp), jnp.float32)],
@@ -133,7 +134,7 @@ def bwd_dq(q, k, v, idx, w, do, lse, *, seq_len, head_dim, rows, warps, stages, 
   n_picks = idx.shape[2]
   q_spec, picks, stats, mem = _q_specs(c, h // k.shape[3], rows, dp, n_picks)
   kernel = functools.partial(_dq_kernel, n_picks=n_picks, seq_len=seq_len, scale=head_dim ** -0.5)
-  return _launch(kernel, _q_grid(q, k, w, rows)["dq"],
+  return _launch(kernel, _grids(q, k, rows)["dq"],
                  [picks, picks, q_spec, mem(k.shape), mem(v.shape), q_spec, stats],
                  [q_spec, stats],
                  [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(lse.shape, jnp.float32)],
@@ -142,10 +143,12 @@ def bwd_dq(q, k, v, idx, w, do, lse, *, seq_len, head_dim, rows, warps, stages, 
 
 
 def _dkv_kernel(sched_ref, offs_ref, chunk_ref, slot_ref, wsort_ref, q_ref, k_ref, v_ref, do_ref,
-                lse_ref, delta_ref, dk_ref, dv_ref, *, n_mem, group, rows, seq_len, scale):
-  kh, p = pl.program_id(0), sched_ref[pl.program_id(1)]
+                lse_ref, delta_ref, dk_ref, dv_ref, *, n_mem, group, rows, keys, seq_len, scale):
+  kh, p, tile = pl.program_id(0), sched_ref[pl.program_id(1)], pl.program_id(2)
   b, m = lax.div(p, n_mem), lax.rem(p, n_mem)
-  k, v = k_ref[b, m, :, kh, :], v_ref[b, m, :, kh, :]
+  ks = pl.ds(tile * keys, keys)  # this program's key tile of the chunk
+  k, v = k_ref[b, m, ks, kh, :], v_ref[b, m, ks, kh, :]
+  real_key = tile * keys + lax.broadcasted_iota(jnp.int32, (keys, rows), 0) < seq_len
   n_row_blocks = q_ref.shape[2] // rows
 
   def pick(j, acc):
@@ -156,9 +159,8 @@ def _dkv_kernel(sched_ref, offs_ref, chunk_ref, slot_ref, wsort_ref, q_ref, k_re
       h = kh * group + lax.div(t, n_row_blocks)
       r = pl.ds(lax.rem(t, n_row_blocks) * rows, rows)
       q, do = q_ref[b, c, r, h, :], do_ref[b, c, r, h, :]
-      s_t = plgpu.dot(k, q, trans_b=True) * scale  # [Sp, rows]: keys on rows, dk/dv row-aligned
-      if seq_len < k.shape[0]:
-        s_t = jnp.where(lax.broadcasted_iota(jnp.int32, s_t.shape, 0) < seq_len, s_t, MASK)
+      s_t = plgpu.dot(k, q, trans_b=True) * scale  # [keys, rows]: keys on rows, like dk/dv
+      s_t = jnp.where(real_key, s_t, MASK)
       p_t = jnp.exp(s_t - lse_ref[b, c, h, i, r][None, :])
       dv = dv + w * plgpu.dot(p_t.astype(do.dtype), do)
       dp_t = plgpu.dot(v, do, trans_b=True)
@@ -169,8 +171,8 @@ def _dkv_kernel(sched_ref, offs_ref, chunk_ref, slot_ref, wsort_ref, q_ref, k_re
 
   zeros = jnp.zeros(k.shape, jnp.float32)
   dk, dv = lax.fori_loop(offs_ref[p], offs_ref[p + 1], pick, (zeros, zeros))
-  dk_ref[b, m, :, kh, :] = dk.astype(dk_ref.dtype)
-  dv_ref[b, m, :, kh, :] = dv.astype(dv_ref.dtype)
+  dk_ref[b, m, ks, kh, :] = dk.astype(dk_ref.dtype)
+  dv_ref[b, m, ks, kh, :] = dv.astype(dv_ref.dtype)
 
 
 def reverse_map(idx, w, n_mem):
@@ -190,12 +192,12 @@ def reverse_map(idx, w, n_mem):
   return sched, offs, within // n_picks, within % n_picks, w.reshape(-1)[order]
 
 
-def bwd_dkv(q, k, v, do, lse, delta, idx, w, *, seq_len, head_dim, rows, warps, interpret):
+def bwd_dkv(q, k, v, do, lse, delta, idx, w, *, seq_len, head_dim, rows, keys, warps, interpret):
   """dk, dv of the whole memory [B, M, Sp, KH, Dp], summed over every pick of each chunk.
 
-  Reverse map, not atomics: one program per (kv head, memory chunk) visits exactly that chunk's
-  picks (``reverse_map``), keeps dk/dv in float32 registers and writes them once, in the memory
-  dtype; a chunk nobody picked gets exact zeros. Atomics would need float32 dk/dv buffers of the
+  Reverse map, not atomics: one program per (kv head, memory chunk, tile of ``keys`` keys) visits
+  exactly that chunk's picks (``reverse_map``), keeps its dk/dv tile in float32 registers and
+  writes it once, in the memory dtype; a chunk nobody picked gets exact zeros. Atomics would need float32 dk/dv buffers of the
   whole memory updated by K*C/M (8 at the paper shape) read-modify-writes per element, too large
   for L2, plus a cast pass, and a run-to-run varying summation order.
   """
@@ -203,8 +205,8 @@ def bwd_dkv(q, k, v, do, lse, delta, idx, w, *, seq_len, head_dim, rows, warps, 
   n_mem, sp, kh = k.shape[1], k.shape[2], k.shape[3]
   arrays = (*reverse_map(idx, w, n_mem), q, k, v, do, lse, delta)
   whole = [pl.BlockSpec(x.shape, lambda *_, n=x.ndim: (0,) * n) for x in arrays]
-  kernel = functools.partial(_dkv_kernel, n_mem=n_mem, group=h // kh, rows=rows, seq_len=seq_len,
-                             scale=head_dim ** -0.5)
-  return _launch(kernel, _q_grid(q, k, w, rows)["dkv"], whole, [whole[6], whole[7]],
+  kernel = functools.partial(_dkv_kernel, n_mem=n_mem, group=h // kh, rows=rows, keys=keys,
+                             seq_len=seq_len, scale=head_dim ** -0.5)
+  return _launch(kernel, _grids(q, k, rows, keys)["dkv"], whole, [whole[6], whole[7]],
                  [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
                  warps=warps, stages=1, interpret=interpret, name="gca_gpu_dkv")(*arrays)
