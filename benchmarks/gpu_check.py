@@ -12,8 +12,9 @@ with the targets (>= 70% of roofline, >= 2x the XLA path). One command, a few mi
   python benchmarks/gpu_check.py [--reps 10] [--out DIR]     # JSON to $OUT or benchmarks/results/
   python benchmarks/gpu_check.py --dry-run                   # CPU: tiny shape, interpret mode
 
-Exit status: 0 when the kernel matches the XLA path, 1 when it does not, 2 when no GPU is
-visible (without --dry-run). Missing a speed target is reported, not an error.
+Exit status: 0 when the kernel matches the XLA path, 1 when it does not or a step fails (the
+error goes to the JSON too), 2 when no GPU is visible (without --dry-run). Missing a speed target
+is reported, not an error.
 """
 
 from __future__ import annotations
@@ -151,10 +152,15 @@ def main(argv=None) -> int:
           "the script on this host in interpret mode", file=sys.stderr)
     return 2
   shape, dtype = (TINY, jnp.float32) if args.dry_run else (PAPER, jnp.bfloat16)
-  rec = run(shape, dtype, max(1, args.reps if not args.dry_run else 2), interpret=args.dry_run)
-  rec["machine"] = machine_info()
-  report(rec)
   name = "gpu_check_dry_run.json" if args.dry_run else "gpu_check.json"
+  try:
+    rec = run(shape, dtype, max(1, args.reps if not args.dry_run else 2), interpret=args.dry_run)
+  except Exception as e:  # e.g. the Triton compile on this GPU: record it, say so, fail
+    rec = {"shape": shape, "error": f"{type(e).__name__}: {e}"[:4000], "correct": False}
+    print(f"gpu_check: the run failed: {rec['error'][:1000]}", file=sys.stderr)
+  else:
+    report(rec)
+  rec["machine"] = machine_info()
   write_json(os.path.join(args.out, name), rec)
   return 0 if rec["correct"] else 1
 

@@ -1,5 +1,7 @@
 """Pallas Triton kernels of GCA: forward, dq (with the per-pick delta) and dk/dv (reverse map).
 
+Why Triton and not Mosaic GPU, and what the JAX 0.11 deprecation of this backend means: ``gpu.py``.
+
 They work on the public layout, padded (``gpu.py`` pads; nothing is transposed): q, dO, out, dq
 [B, C, Qp, H, Dp]; memory k, v, dk, dv [B, M, Sp, KH, Dp]; idx, w [B, C, K]; the per-pick
 statistics lse and delta [B, C, H, K, Qp] float32. Qp is Q rounded up to the row tile, Sp and Dp
