@@ -22,7 +22,10 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from gca_jax.config import CheckpointConfig, Experiment, to_dict
+from gca_jax import parallel
+from gca_jax.config import CheckpointConfig, Experiment, MeshConfig, migrate, to_dict
+from gca_jax.train.optim import make_optimizer
+from gca_jax.train.state import abstract_train_state
 
 
 class CheckpointError(RuntimeError):
@@ -100,7 +103,8 @@ class Checkpointer:
     shardings, e.g. for another mesh); also moves ``data_iter`` (if not None) to the saved
     position. Checks the model config first."""
     saved = self.saved_experiment(step)
-    diff = _diff(saved.get("model", {}), dataclasses.asdict(exp.model), "model.")
+    # Only the architecture must match: execution settings (kernel, remat, blocks) may differ.
+    diff = _diff(migrate(saved).get("model", {}), dataclasses.asdict(exp.model), "model.")
     if diff:
       raise CheckpointError(
           f"checkpoint step {step} in {self.directory} was written by a different model "
@@ -141,10 +145,6 @@ class Checkpointer:
 def restore_params(workdir: str | epath.PathLike, exp: Experiment):
   """The ``nnx.Param`` state of the latest checkpoint in ``workdir`` (for evaluation and
   serving), restored onto one device; raises CheckpointError when there is none."""
-  from gca_jax import parallel
-  from gca_jax.config import MeshConfig
-  from gca_jax.train.loop import abstract_train_state
-  from gca_jax.train.optim import make_optimizer
   ckdir = epath.Path(workdir) / "checkpoints"
   if not ckdir.exists():
     raise CheckpointError(f"no checkpoints in {ckdir}: train first (python -m experiments.main "

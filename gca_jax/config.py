@@ -12,6 +12,7 @@ from typing import Any
 MODEL_TYPES = ("drt", "sliding_window", "full_attention")
 DTYPES = ("float32", "bfloat16", "float16")
 GCA_IMPLS = ("xla", "pallas", "auto")
+GCA_PLATFORMS = ("", "tpu", "gpu")
 PASSKEY_VARIANTS = ("single", "multihop", "multi")
 
 
@@ -55,10 +56,6 @@ class ModelConfig:
   encoder_norm_eps: float = 1e-6
   rope_theta: float = 10000.0
   init_std: float = 0.02
-  attn_block: int = 0  # query block of blocked attention; 0 picks one from the window
-  gca_impl: str = "xla"
-  gca_interpret: bool = False  # run a Pallas GCA kernel in interpret mode (CPU tests)
-  remat: bool = False  # recompute each layer in the backward pass
 
   def __post_init__(self):
     if isinstance(self.upper_layers, list):
@@ -105,16 +102,12 @@ class ModelConfig:
       _fail(c, "dtype", self.dtype, f"use one of {DTYPES}")
     if self.param_dtype not in DTYPES:
       _fail(c, "param_dtype", self.param_dtype, f"use one of {DTYPES}")
-    if self.gca_impl not in GCA_IMPLS:
-      _fail(c, "gca_impl", self.gca_impl, f"use one of {GCA_IMPLS}")
     if not 0 <= self.pad_id < self.vocab_size:
       _fail(c, "pad_id", self.pad_id, f"must be in [0, vocab_size={self.vocab_size})")
     if self.landmark_id >= self.vocab_size or self.landmark_id < -1:
       _fail(c, "landmark_id", self.landmark_id, f"must be -1 (last id) or in [0, {self.vocab_size})")
     if self.norm_eps <= 0 or self.encoder_norm_eps <= 0:
       _fail(c, "norm_eps", (self.norm_eps, self.encoder_norm_eps), "norm epsilons must be > 0")
-    if self.attn_block < 0:
-      _fail(c, "attn_block", self.attn_block, "must be 0 (automatic) or a positive block size")
     if self.model_type == "full_attention":
       return
     if not isinstance(self.window, int) or self.window < 1:
@@ -138,6 +131,51 @@ class ModelConfig:
       _fail(c, "window", self.window,
             f"must be >= 2*(chunk_size+1)-1 = {need} so that the previous chunk is visible to "
             f"every token of the next one (retrieval only covers chunks before it)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionConfig:
+  """How a model runs, not what it is: kernels, blocking, recomputation.
+
+  None of these change a parameter or a result beyond float rounding, so they are not part of
+  a checkpoint's identity: a run trained with one setting resumes, evaluates and serves with
+  another (remat on a smaller chip, the Pallas kernel on TPU, the XLA path on CPU).
+  """
+
+  gca_impl: str = "xla"  # "xla" | "pallas" | "auto" (see pallas_kernels.gca.api)
+  gca_platform: str = ""  # which Pallas kernel: "" = the backend's (or the mesh's), "tpu", "gpu"
+  gca_interpret: bool = False  # run the Pallas kernel in interpret mode (CPU tests)
+  gca_block_sizes: str = ""  # kernel tiles, "field=value,...", over the chip's defaults
+  remat: bool = False  # recompute each layer in the backward pass
+  attn_block: int = 0  # query block of blocked self-attention; 0 picks one from the window
+  retrieval_block: int = 0  # key chunks per block of retrieval scoring; 0: all at once
+
+  def __post_init__(self):
+    c = "ExecutionConfig"
+    if self.gca_impl not in GCA_IMPLS:
+      _fail(c, "gca_impl", self.gca_impl, f"use one of {GCA_IMPLS}")
+    if self.gca_platform not in GCA_PLATFORMS:
+      _fail(c, "gca_platform", self.gca_platform, "use '' (the backend's), 'tpu' or 'gpu'")
+    for name in ("attn_block", "retrieval_block"):
+      v = getattr(self, name)
+      if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        _fail(c, name, v, "must be 0 (automatic) or a positive block size")
+    self.block_sizes()  # validates the spelling
+
+  def block_sizes(self) -> dict[str, int]:
+    """``gca_block_sizes`` as {field: value} (empty: the kernel's per-chip defaults)."""
+    out = {}
+    for item in filter(None, (x.strip() for x in self.gca_block_sizes.split(","))):
+      name, sep, val = item.partition("=")
+      if not sep or not name.strip().isidentifier() or not val.strip().lstrip("-").isdigit():
+        _fail("ExecutionConfig", "gca_block_sizes", self.gca_block_sizes,
+              "use comma-separated field=integer pairs of the kernel's BlockSizes, e.g. 'block_c=2'")
+      out[name.strip()] = int(val)
+    return out
+
+
+# Execution settings that older experiments kept in the model section (read from old JSON).
+MOVED_TO_EXECUTION = ("gca_impl", "gca_interpret", "remat", "attn_block")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +342,7 @@ class Experiment:
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
   mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+  execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
   checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
@@ -314,7 +353,16 @@ class Experiment:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "mesh": MeshConfig,
-            "checkpoint": CheckpointConfig, "train": TrainConfig}
+            "execution": ExecutionConfig, "checkpoint": CheckpointConfig, "train": TrainConfig}
+
+
+def migrate(d: dict) -> dict:
+  """Older experiment JSON kept execution settings in ``model``: move them to ``execution``."""
+  model = dict(d.get("model", {}))
+  moved = {k: model.pop(k) for k in MOVED_TO_EXECUTION if k in model}
+  if not moved:
+    return d
+  return {**d, "model": model, "execution": {**moved, **d.get("execution", {})}}
 
 
 def to_dict(exp: Experiment) -> dict:
@@ -323,6 +371,7 @@ def to_dict(exp: Experiment) -> dict:
 
 def from_dict(d: dict) -> Experiment:
   """Rebuilds an Experiment from ``to_dict`` output (e.g. the JSON saved in a workdir)."""
+  d = migrate(d)
   unknown = set(d) - {"name", *SECTIONS}
   if unknown:
     raise ConfigError(f"Experiment JSON has unknown sections {sorted(unknown)}; known: {sorted(SECTIONS)}")
@@ -378,6 +427,9 @@ def apply_overrides(exp: Experiment, overrides: list[str]) -> Experiment:
     if sec not in SECTIONS:
       raise ConfigError(f"--set {key}: unknown section {sec!r}; valid sections: {sorted(SECTIONS)}")
     fields = {f.name: f.type for f in dataclasses.fields(SECTIONS[sec])}
+    if sec == "model" and field in MOVED_TO_EXECUTION:
+      raise ConfigError(f"--set {key}: {field} is an execution setting now, not part of the "
+                        f"model; use --set execution.{field}={text}")
     if field not in fields:
       raise ConfigError(f"--set {key}: unknown field {field!r} of {sec}; valid: {sorted(fields)}")
     changes.setdefault(sec, {})[field] = _parse_value(text, fields[field], key)

@@ -1,10 +1,10 @@
-"""Device mesh, logical-axis rules and shardings for params, train state and batches.
+"""Device mesh and shardings for params, train state and batches.
 
-Mesh axes are ("data", "fsdp", "tensor"). Arrays name their dimensions with logical axes
-(``batch``, ``embed``, ``heads`` ...) and ``RULES`` maps each logical axis to mesh axes: the batch
+Mesh axes are ("data", "fsdp", "tensor"). Every parameter declares its logical axes where it is
+created (``gca_jax.logical.axes``, kept as ``nnx.Param`` metadata, which optax carries into the
+optimiser state); the one rules table ``gca_jax.logical.RULES`` maps them to mesh axes: the batch
 splits over data x fsdp, parameters are fully sharded over fsdp on their ``embed`` dimension
-(FSDP / ZeRO-3) and over tensor on heads / mlp / vocab; the tied embedding table is only
-split on vocab (see ``RULES``). A dimension that does not divide by its
+(FSDP / ZeRO-3) and over tensor on heads / mlp / vocab. A dimension that does not divide by its
 mesh axes stays replicated. Mesh axes are ``Auto`` so XLA propagates shardings through the model.
 """
 
@@ -15,33 +15,13 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from gca_jax.config import ConfigError, MeshConfig
+from gca_jax.logical import METADATA_KEY, RULES, logical_to_spec  # noqa: F401  (re-exported)
 
 AXES = ("data", "fsdp", "tensor")
-
-# The one logical-axis rules table: logical axis -> mesh axis, tuple of axes, or None.
-RULES: dict[str, str | tuple[str, ...] | None] = {
-    "batch": ("data", "fsdp"),
-    "length": None,
-    "chunks": None,
-    "heads": "tensor",
-    "kv_heads": "tensor",
-    "embed": "fsdp",
-    # The tied embedding table stays whole along embed: sharded on embed over fsdp, XLA
-    # contracts the LM head over fsdp and computes full-batch logits [B, T, V] on every chip.
-    "table_embed": None,
-    "mlp": "tensor",
-    "vocab": "tensor",
-}
-
-# Logical axes of a Linear kernel [in, out], by the name of its module.
-_KERNEL_AXES = {
-    "q": ("embed", "heads"), "k": ("embed", "kv_heads"), "v": ("embed", "kv_heads"),
-    "o": ("heads", "embed"), "gate": ("embed", "mlp"), "up": ("embed", "mlp"),
-    "down": ("mlp", "embed"),
-}
 
 
 def make_mesh(cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
@@ -67,77 +47,53 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
     return Mesh(np.asarray(devices).reshape(sizes), AXES, axis_types=types)
 
 
-def _names(path) -> tuple[str, ...]:
-  """Key names of a pytree path as strings (dict keys, attributes, list indices)."""
-  out = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        out.append(str(getattr(k, attr)))
-        break
-  return tuple(n for n in out if n != "value")
-
-
-def logical_axes(path, shape: tuple[int, ...]) -> tuple[str | None, ...]:
-  """Logical axes of the parameter at ``path`` in the NNX param tree (None: unnamed dim)."""
-  names = _names(path)
-  leaf = names[-1] if names else ""
-  if leaf == "table" and len(shape) == 2:
-    return ("vocab", "table_embed")
-  if leaf == "scale" and len(shape) == 1:
-    return ("embed",)
-  if leaf == "kernel" and len(shape) == 2 and len(names) >= 2 and names[-2] in _KERNEL_AXES:
-    return _KERNEL_AXES[names[-2]]
-  return (None,) * len(shape)
-
-
-def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> P:
-  """PartitionSpec from logical axes via ``RULES``; non-dividing or reused mesh axes replicate."""
-  used: set[str] = set()
-  spec = []
-  for name, dim in zip(axes, shape):
-    rule = RULES.get(name) if name else None
-    mesh_axes = (rule,) if isinstance(rule, str) else tuple(rule or ())
-    mesh_axes = tuple(a for a in mesh_axes if a in mesh.shape and mesh.shape[a] > 1 and a not in used)
-    if not mesh_axes or dim % math.prod(mesh.shape[a] for a in mesh_axes):
-      spec.append(None)
-      continue
-    used.update(mesh_axes)
-    spec.append(mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
-  return P(*spec)
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def _is_var(x) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def declared_axes(var: nnx.Variable) -> tuple[str | None, ...] | None:
+  """The logical axes a parameter declared at creation (None: it declared none)."""
+  names = var.get_metadata(METADATA_KEY, None) if var.has_metadata(METADATA_KEY) else None
+  return None if names is None else tuple(names)
+
+
+def _sharding(var, mesh: Mesh) -> NamedSharding:
+  names = declared_axes(var)
+  if names is None:
+    return replicated(mesh)
+  return NamedSharding(mesh, logical_to_spec(names, var.shape, mesh))
+
+
 def param_shardings(params, mesh: Mesh):
-  """NamedSharding for every parameter (arrays or ShapeDtypeStructs) of an NNX param tree."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, x: NamedSharding(mesh, logical_to_spec(logical_axes(path, x.shape), x.shape, mesh)),
-      params)
+  """NamedSharding for every parameter of an NNX param state (arrays or ShapeDtypeStructs), from
+  the logical axes each declared; the Variables keep their place, holding the sharding."""
+  return state_shardings(params, mesh)
 
 
 def state_shardings(state, mesh: Mesh):
   """Shardings for a TrainState (or any pytree holding the params and optimizer state).
 
-  A leaf whose path ends with a parameter's path and has its shape (the parameter itself,
-  Adam's mu / nu ...) gets that parameter's sharding; everything else (step, rng, counts) is
+  Every ``nnx.Variable`` leaf (a parameter, Adam's mu / nu of it ...) carries the logical axes
+  its parameter declared and gets their sharding; everything else (step, rng, counts) is
   replicated. Works for any optax state structure.
   """
-  by_path = {}
-  for path, x in jax.tree_util.tree_leaves_with_path(state.params):
-    by_path[_names(path)] = (tuple(x.shape), logical_axes(path, x.shape))
+  return jax.tree_util.tree_map(
+      lambda x: x.replace(_sharding(x, mesh)) if _is_var(x) else replicated(mesh), state,
+      is_leaf=_is_var)
 
-  def one(path, x):
-    names, shape = _names(path), tuple(getattr(x, "shape", ()))
-    for i in range(len(names)):
-      hit = by_path.get(names[i:])
-      if hit is not None and hit[0] == shape:
-        return NamedSharding(mesh, logical_to_spec(hit[1], shape, mesh))
-    return replicated(mesh)
 
-  return jax.tree_util.tree_map_with_path(one, state)
+def undeclared_params(params) -> list[str]:
+  """Paths of parameters that declared no logical axes (or the wrong number of them)."""
+  bad = []
+  for path, var in jax.tree_util.tree_leaves_with_path(params, is_leaf=_is_var):
+    names = declared_axes(var) if _is_var(var) else None
+    if names is None or len(names) != len(var.shape):
+      bad.append(jax.tree_util.keystr(path))
+  return bad
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -30,7 +30,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from gca_jax import parallel  # noqa: E402
-from gca_jax.config import ConfigError, MeshConfig, ModelConfig, OptimConfig  # noqa: E402
+from gca_jax.config import ConfigError, ExecutionConfig, MeshConfig, ModelConfig, OptimConfig  # noqa: E402
 from gca_jax.model import build_model  # noqa: E402
 from gca_jax.train.optim import lr_schedule, make_optimizer  # noqa: E402
 from gca_jax.train.step import TrainState, make_train_step  # noqa: E402
@@ -54,6 +54,7 @@ class Run:
   batch: int
   mesh: MeshConfig
   steps: int = 1000
+  execution: ExecutionConfig = ExecutionConfig()
 
 
 def resolve_run(name: str, *, seq_len: int | None, batch: int | None, mesh: MeshConfig | None,
@@ -66,7 +67,7 @@ def resolve_run(name: str, *, seq_len: int | None, batch: int | None, mesh: Mesh
   if get_experiment is not None:
     exp = get_experiment(name)
     return Run(exp.model, exp.optim, seq_len or exp.data.seq_len, batch or exp.data.batch_size,
-               mesh or MeshConfig(data=1, fsdp=-1), exp.train.steps)
+               mesh or MeshConfig(data=1, fsdp=-1), exp.train.steps, exp.execution)
   from experiments.presets import model_preset
   return Run(model_preset(name), OptimConfig(), seq_len or 16380, batch or n_chips,
              mesh or MeshConfig(data=1, fsdp=-1))
@@ -104,7 +105,7 @@ def topology_devices(topology: str):
 def abstract_train(run: Run, mesh):
   """(train_step, sharded abstract TrainState, sharded abstract batch); nothing materialised."""
   tx = make_optimizer(run.optim, run.steps)
-  model = nnx.eval_shape(lambda: build_model(run.model, rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: build_model(run.model, rngs=nnx.Rngs(0), execution=run.execution))
   graphdef, params = nnx.split(model, nnx.Param)
   state = jax.eval_shape(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
                                               rng=jax.random.PRNGKey(0)), params)
@@ -140,8 +141,8 @@ def compile_train_step(run: Run, topology: str) -> dict:
   devices = topology_devices(topology)
   mesh = parallel.make_mesh(run.mesh, devices)
   rec = dict(topology=topology, device_kind=devices[0].device_kind, chips=len(devices),
-             mesh=dict(mesh.shape), seq_len=run.seq_len, global_batch=run.batch, remat=run.model.remat,
-             gca_impl=run.model.gca_impl, dtype=run.model.dtype, param_dtype=run.model.param_dtype,
+             mesh=dict(mesh.shape), seq_len=run.seq_len, global_batch=run.batch, remat=run.execution.remat,
+             gca_impl=run.execution.gca_impl, dtype=run.model.dtype, param_dtype=run.model.param_dtype,
              hbm_bytes=hbm)
   if run.batch % (mesh.shape["data"] * mesh.shape["fsdp"]):
     raise ConfigError(f"--batch={run.batch} must divide over data*fsdp="
@@ -219,9 +220,9 @@ def main(argv=None) -> int:
   remats = {"off": (False,), "on": (True,), "both": (False, True)}[args.remat]
   results, failed = [], []
   for remat in remats:
-    model = dataclasses.replace(base.model, remat=remat, gca_impl=args.gca_impl)
+    execution = dataclasses.replace(base.execution, remat=remat, gca_impl=args.gca_impl)
     try:
-      rec = compile_train_step(dataclasses.replace(base, model=model), args.topology)
+      rec = compile_train_step(dataclasses.replace(base, execution=execution), args.topology)
     except DoesNotFit as e:
       rec = dict(e.args[1], fits=False, message=e.args[0])
       failed.append(e.args[0])

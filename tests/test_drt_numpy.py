@@ -297,7 +297,7 @@ def test_gca_actually_matters():
 def test_baselines_match_numpy(cls, window):
   """Sliding-window and full-attention baselines equal the numpy decoder with their mask."""
   cfg = dataclasses.replace(BASE, model_type="sliding_window" if window else "full_attention",
-                window=window or BASE.window, attn_block=0)
+                window=window or BASE.window)
   model = _model(cls, cfg, seed=3)
   tokens = _tokens(4, 2, 23, cfg)
   ref = np_decoder_lm(tokens, _weights(model), cfg, window)

@@ -3,14 +3,12 @@ gradients."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gca_jax.config import ModelConfig
+from gca_jax.config import ExecutionConfig, ModelConfig
 from gca_jax.model import DRT
 from gca_jax.train.step import loss_fn
 
@@ -21,7 +19,8 @@ def test_drt_pallas_interpret_matches_xla_loss_and_grads():
   toks = jax.random.randint(jax.random.PRNGKey(0), (2, 40), 1, 62)
   results = []
   for impl, interpret in (("xla", False), ("pallas", True)):
-    model = DRT(dataclasses.replace(cfg, gca_impl=impl, gca_interpret=interpret), rngs=nnx.Rngs(0))
+    run = ExecutionConfig(gca_impl=impl, gca_platform="tpu" if impl == "pallas" else "", gca_interpret=interpret)
+    model = DRT(cfg, rngs=nnx.Rngs(0), execution=run)
     graphdef, params = nnx.split(model, nnx.Param)
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         params, graphdef, {"tokens": toks}, None, train=False)

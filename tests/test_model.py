@@ -138,7 +138,6 @@ def test_paper_parameter_counts():
     ("upper_layers", (0,), "upper_layers"),
     ("dtype", "float64x", "dtype"),
     ("pad_id", 63, "landmark"),
-    ("gca_impl", "cuda", "gca_impl"),
     ("vocab_size", 0, "vocab_size"),
 ])
 def test_config_errors_name_field_and_fix(field, value, match):

@@ -81,6 +81,37 @@ def test_params_and_opt_state_really_sharded():
   assert q.addressable_shards[0].data.shape == (32 // 4, 32 // 2)
 
 
+def _registered_models():
+  from experiments.registry import list_experiments
+  return list_experiments()
+
+
+@pytest.mark.parametrize("name", _registered_models())
+def test_every_parameter_declares_its_logical_axes(name):
+  """Each parameter of every registered model names one logical axis (or None) per dimension
+  where it is created, and every name is in the rules table."""
+  from experiments.registry import get_experiment
+  from gca_jax.logical import RULES
+  exp = get_experiment(name)
+  params = nnx.state(nnx.eval_shape(lambda: build_model(exp.model, rngs=nnx.Rngs(0))), nnx.Param)
+  assert parallel.undeclared_params(params) == []
+  leaves = jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  assert len(leaves) > 5
+  for var in leaves:
+    assert all(n is None or n in RULES for n in parallel.declared_axes(var))
+
+
+def test_undeclared_parameter_is_found():
+  """A parameter created without axes is reported (so renaming or adding one cannot silently
+  leave a weight replicated) and gets no sharding but replication."""
+  model = build_model(TINY, rngs=nnx.Rngs(0))
+  model.extra = nnx.Param(jnp.zeros((32, 32)))
+  params = nnx.state(model, nnx.Param)
+  assert parallel.undeclared_params(params) == ["['extra']"]
+  mesh = parallel.make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
+  assert leaf(parallel.param_shardings(params, mesh)["extra"]).spec == P()
+
+
 def test_non_dividing_dimension_replicates():
   mesh = parallel.make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
   spec = parallel.logical_to_spec(("vocab", "embed"), (63, 32), mesh)

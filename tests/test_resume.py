@@ -161,7 +161,7 @@ def test_restore_onto_another_mesh(reference, cache_dir):
   from gca_jax import parallel
   from gca_jax.checkpoint import Checkpointer
   from gca_jax.config import MeshConfig
-  from gca_jax.train.loop import abstract_train_state
+  from gca_jax.train.state import abstract_train_state
   from gca_jax.train.optim import make_optimizer
 
   exp = _exp(cache_dir)
@@ -214,3 +214,60 @@ def test_checkpointer_accepts_a_relative_workdir(tmp_path, monkeypatch):
   back = Checkpointer("runs/rel", CheckpointConfig(async_save=False)).restore(5, target, it, exp)
   assert int(back.step) == 5 and back.params["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
   assert it.state == {"i": 3}
+
+
+def test_resume_and_serve_with_other_execution_settings(reference, cache_dir, tmp_path):
+  """Execution settings are not part of a checkpoint's identity: a run trained with XLA GCA, no
+  remat and the automatic attention block resumes with remat and another block (the losses of
+  the uninterrupted run), and its checkpoint evaluates and generates with the Pallas kernel
+  (interpret mode) exactly as with XLA."""
+  import jax
+  import numpy as np
+  from flax import nnx
+
+  from gca_jax.checkpoint import restore_params
+  from gca_jax.infer import generate
+  from gca_jax.model import build_model
+  from gca_jax.train.step import loss_fn
+
+  workdir = tmp_path / "w"
+  subprocess.run(["cp", "-r", str(reference), str(workdir)], check=True)
+  subprocess.run(["rm", "-rf", str(workdir / "checkpoints" / "60")], check=True)
+  other = ["--set=execution.remat=true", "--set=execution.attn_block=16"]
+  proc = subprocess.run(_cmd(workdir, *other), cwd=REPO, env=_env(cache_dir), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resumed from checkpoint step 50" in proc.stdout
+  want, got = _losses(reference), _losses(workdir)
+  for step in range(51, 61):
+    assert abs(got[step] - want[step]) <= 1e-5 * abs(want[step]), (step, got[step], want[step])
+
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 70), 1, 380)
+  losses, continuations = [], []
+  for sets in ([], ["execution.gca_impl=pallas", "execution.gca_platform=tpu",
+                    "execution.gca_interpret=true"]):
+    exp = _exp(cache_dir, *sets)
+    model = build_model(exp.model, rngs=nnx.Rngs(7), execution=exp.execution)
+    nnx.update(model, restore_params(reference, exp))
+    graphdef, params = nnx.split(model, nnx.Param)
+    losses.append(float(loss_fn(params, graphdef, {"tokens": tokens}, None, train=False)[0]))
+    continuations.append(generate(model, np.asarray(tokens[:1, :40]), 5, segment_chunks=2))
+  np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+  np.testing.assert_array_equal(continuations[1], continuations[0])
+  assert 2.0 < losses[0] < 6.0  # the trained model, not the random init (ln 384 = 5.95)
+
+
+def test_old_model_section_execution_keys(reference):
+  """Experiment JSON from before the execution section still loads (its kernel/remat keys move
+  there), and the old --set spelling names the new key."""
+  import json
+
+  from gca_jax.config import ConfigError, apply_overrides, from_dict
+
+  d = json.loads((epath.Path(reference) / "experiment.json").read_text())
+  d["model"].update(gca_impl="pallas", remat=True, attn_block=16, gca_interpret=True)
+  d.pop("execution")
+  exp = from_dict(d)
+  assert (exp.execution.gca_impl, exp.execution.remat, exp.execution.attn_block) == ("pallas", True, 16)
+  with pytest.raises(ConfigError, match="execution.remat"):
+    apply_overrides(exp, ["model.remat=true"])

@@ -1,5 +1,5 @@
-"""Retrieval: causal chunk mask, picks and weights vs numpy, the off-by-one shift, NaN safety
-(method-spec §3.5, §12 items 2-3)."""
+"""Retrieval: causal chunk mask, picks and weights vs numpy (dense and blocked scoring), the
+off-by-one shift, NaN safety."""
 
 from __future__ import annotations
 
@@ -25,14 +25,26 @@ def test_causal_chunk_mask_is_strict():
                         [True, True, True, False]]
 
 
-def test_select_chunks_matches_numpy_softmax_over_valid_picks():
-  rng = np.random.default_rng(0)
-  scores = rng.normal(size=(2, 6, 6)).astype(np.float32)
-  idx, w, valid = select_chunks(jnp.asarray(scores), causal_chunk_mask(6), top_k=3)
+def _qk(seed, b=2, n=6, d=8):
+  rng = np.random.default_rng(seed)
+  return rng.normal(size=(b, n, d)).astype(np.float32), rng.normal(size=(b, n, d)).astype(np.float32)
+
+
+def _np_scores(q, keys):
+  return np.einsum("bnd,bed->bne", q.astype(np.float64), keys.astype(np.float64)) / np.sqrt(q.shape[-1])
+
+
+@pytest.mark.parametrize("block", [0, 2, 4])
+def test_select_chunks_matches_numpy_softmax_over_valid_picks(block):
+  """Dense (block 0) and blocked scoring, with a block that does not divide the 6 chunks, pick
+  the numpy top-k of the strictly earlier chunks and weight them by their softmax."""
+  q, keys = _qk(0)
+  scores = _np_scores(q, keys)
+  idx, w, valid = select_chunks(jnp.asarray(q), jnp.asarray(keys), 3, block=block)
   idx, w, valid = map(np.asarray, (idx, w, valid))
   for b in range(2):
     for c in range(6):
-      past = scores[b, c, :c].astype(np.float64)
+      past = scores[b, c, :c]
       order = np.argsort(-past)[:3]
       n = min(c, 3)
       assert sorted(idx[b, c][valid[b, c]].tolist()) == sorted(order.tolist())
@@ -43,21 +55,35 @@ def test_select_chunks_matches_numpy_softmax_over_valid_picks():
         want = dict(zip(order.tolist(), e / e.sum()))
         for i, ok in zip(idx[b, c], valid[b, c]):
           if ok:
-            np.testing.assert_allclose(w[b, c][list(idx[b, c]).index(i)], want[int(i)], rtol=1e-6)
+            np.testing.assert_allclose(w[b, c][list(idx[b, c]).index(i)], want[int(i)], rtol=1e-5)
       else:
         assert np.all(w[b, c] == 0.0)
 
 
+def test_select_chunks_from_an_offset_sees_only_written_keys():
+  """Serving: query chunks c0.. against a key store with room beyond them; picks stay < c."""
+  q, keys = _qk(5, n=10)
+  c0 = 6
+  idx, w, valid = select_chunks(jnp.asarray(q[:, c0:]), jnp.asarray(keys), 2, c0=jnp.int32(c0), block=4)
+  scores = _np_scores(q[:, c0:], keys)
+  for b in range(2):
+    for i in range(4):
+      want = np.argsort(-scores[b, i, :c0 + i])[:2]
+      assert sorted(np.asarray(idx)[b, i].tolist()) == sorted(want.tolist())
+  assert np.asarray(valid).all()
+
+
 def test_gumbel_changes_picks_not_weights_formula():
   """With noise the picks may change, but weights are still the softmax of noise-free scores."""
-  scores = jnp.asarray(np.random.default_rng(1).normal(size=(1, 12, 12)), jnp.float32)
-  mask = causal_chunk_mask(12)
-  idx0, _, _ = select_chunks(scores, mask, 2)
+  q, keys = _qk(1, b=1, n=12)
+  scores = _np_scores(q, keys)
+  idx0, _, _ = select_chunks(jnp.asarray(q), jnp.asarray(keys), 2)
   changed = False
   for seed in range(8):
-    idx, w, valid = select_chunks(scores, mask, 2, jax.random.PRNGKey(seed))
+    idx, w, valid = select_chunks(jnp.asarray(q), jnp.asarray(keys), 2, noise_key=jax.random.PRNGKey(seed))
     changed |= bool(np.any(np.asarray(idx) != np.asarray(idx0)))
-    picked = np.take_along_axis(np.asarray(scores), np.asarray(idx), -1).astype(np.float64)
+    assert np.all((np.asarray(idx) < np.arange(12)[None, :, None]) | ~np.asarray(valid))
+    picked = np.take_along_axis(scores, np.asarray(idx), -1)
     v = np.asarray(valid)
     e = np.where(v, np.exp(picked - np.where(v, picked, -np.inf).max(-1, keepdims=True)), 0)
     den = e.sum(-1, keepdims=True)
@@ -88,7 +114,7 @@ def test_chunks_zero_and_one_get_no_gca():
   ks = jax.random.split(jax.random.PRNGKey(2), 3)
   h = jax.random.normal(ks[0], (1, 6 * 5, 32))
   _, k_mem, v_mem = model.encode_chunks(jax.random.normal(ks[1], (1, 6 * 5, 32)))
-  idx, w = model.retrieve(0, h, jax.random.normal(ks[2], (1, 6, 32)), None)
+  idx, w = model.retrieve(0, h[:, 4::5], jax.random.normal(ks[2], (1, 6, 32)))
   out = np.asarray(layer.gca(h, k_mem, v_mem, idx[:, :-1], w[:, :-1]))
   assert np.all(out[:, :10] == 0.0)  # chunks 0 and 1 (5 positions each)
   assert np.all(np.abs(out[:, 10:]).max(-1) > 0)

@@ -74,7 +74,7 @@ def load_model(exp: Experiment, workdir, random_init: bool):
   from flax import nnx
 
   from gca_jax.model import build_model
-  model = build_model(exp.model, rngs=nnx.Rngs(exp.train.seed))
+  model = build_model(exp.model, rngs=nnx.Rngs(exp.train.seed), execution=exp.execution)
   if random_init:
     return model, "random_init"
   from gca_jax.checkpoint import restore_params

@@ -30,11 +30,10 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from gca_jax.infer.kv_cache import decoder_layer_step, empty_cache
-from gca_jax.infer.layers import upper_layer_step
+from gca_jax.infer.kv_cache import empty_cache, roll
 from gca_jax.infer.memory import ChunkStore
-from gca_jax.infer.retrieve import blocked_topk
 from gca_jax.infer.state import InferState
+from gca_jax.model.chunking import insert_landmarks, raw_to_layout  # noqa: F401  (re-exported)
 
 MODES = ("full", "tail")
 
@@ -47,38 +46,30 @@ class PrefillOutput:
   tail_start: int | None  # first position (landmark layout) of the tail pass (tail mode)
 
 
-def landmark_layout(tokens: np.ndarray, chunk_size: int, lmk_id: int, pad_id: int) -> np.ndarray:
-  """numpy ``insert_landmarks``: pads to whole chunks, appends the landmark to each."""
-  b, t = tokens.shape
-  c = -(-t // chunk_size)
-  x = np.full((b, c, chunk_size + 1), pad_id, np.int32)
-  x[:, :, -1] = lmk_id
-  flat = np.full((b, c * chunk_size), pad_id, np.int32)
-  flat[:, :t] = np.where(tokens < 0, pad_id, tokens)
-  x[:, :, :chunk_size] = flat.reshape(b, c, chunk_size)
-  return x.reshape(b, c * (chunk_size + 1))
+def as_memory(k_g: Float[Array, "B n K S KH Dh"], v_g: Float[Array, "B n K S KH Dh"]):
+  """Gathered picks [B, n, K, ...] as a memory of n*K chunks and the picks that name them."""
+  b, n, k = k_g.shape[:3]
+  idx = jnp.broadcast_to(jnp.arange(n * k, dtype=jnp.int32).reshape(1, n, k), (b, n, k))
+  return k_g.reshape(b, n * k, *k_g.shape[3:]), v_g.reshape(b, n * k, *v_g.shape[3:]), idx
 
 
-def raw_to_layout(t, chunk_size: int):
-  """Landmark-layout position of raw token ``t``."""
-  return (np.asarray(t) // chunk_size) * (chunk_size + 1) + np.asarray(t) % chunk_size
-
-
-def _step_lower(layers, h, caches, pos):
-  """One decoding position through windowed decoder layers; returns (h, new caches)."""
+def _lower_steps(layers, h, caches, pos0, n_valid, block):
+  """Windowed decoder layers over new positions; returns (h, new caches)."""
   new = []
   for layer, cache in zip(layers, caches):
-    h, cache = decoder_layer_step(layer, h, cache, pos, jnp.int32(1), 1)
-    new.append(cache)
+    h, kv = layer.step(h, cache, pos0, block)
+    new.append(roll(cache, kv, n_valid))
   return h, tuple(new)
 
 
-def _step_group(layers, h, caches, gathered, w, pos):
-  """One decoding position through a retrieval group's upper layers (picks already gathered)."""
+def _group_steps(layers, h, caches, k_g, v_g, w, pos0, n_valid, block):
+  """A retrieval group's upper layers over new positions, every chunk served by its gathered
+  picks (the first one by the pick carried from before); returns (h, new caches)."""
+  k_mem, v_mem, idx = as_memory(k_g, v_g)
   new = []
   for layer, cache in zip(layers, caches):
-    h, cache = upper_layer_step(layer, h, cache, gathered[0], gathered[1], w[:, None], pos, jnp.int32(1), 1)
-    new.append(cache)
+    h, kv = layer.step(h, k_mem, v_mem, idx, w, cache, pos0, block, unserved=0)
+    new.append(roll(cache, kv, n_valid))
   return h, tuple(new)
 
 
@@ -144,20 +135,15 @@ class Engine:
   def _front_fn(self, params, x, caches, pos0, n_valid):
     self.traces["front"] += 1
     model = self._model(params)
-    h = model.embed(x)
-    new = []
-    for layer, cache in zip(self._lower_layers(model), caches):
-      h, cache = decoder_layer_step(layer, h, cache, pos0, n_valid, self.block)
-      new.append(cache)
+    h, new = _lower_steps(self._lower_layers(model), model.embed(x), caches, pos0, n_valid, self.block)
     if not self.drt:
-      return h, tuple(new), None
-    return h, tuple(new), model.encode_chunks(h)
+      return h, new, None
+    return h, new, model.encode_chunks(h)
 
   def _retrieve_fn(self, g, params, h, lmk_keys, c0, carried, n_valid, key_block):
     self.traces[f"retrieve{g}"] += 1
     model = self._model(params)
-    q = model.lmk_norms[g](h[:, self.p - 1::self.p])
-    idx, w = blocked_topk(q, lmk_keys, c0, self.cfg.top_k, key_block)
+    idx, w = model.retrieve(g, h[:, self.p - 1::self.p], lmk_keys, c0=c0, block=key_block)
     idx_used = jnp.concatenate([carried[0][:, None], idx[:, :-1]], 1)
     w_used = jnp.concatenate([carried[1][:, None], w[:, :-1]], 1)
     last = (jax.lax.dynamic_index_in_dim(idx, n_valid - 1, 1, keepdims=False),
@@ -167,16 +153,11 @@ class Engine:
   def _upper_fn(self, g, params, h, caches, k_g, v_g, w_used, pos0, n_valid):
     self.traces[f"upper{g}"] += 1
     model = self._model(params)
-    new = []
-    for layer, cache in zip(model.groups[g], caches):
-      h, cache = upper_layer_step(layer, h, cache, k_g, v_g, w_used, pos0, n_valid, self.block)
-      new.append(cache)
-    return h, tuple(new)
+    return _group_steps(model.groups[g], h, caches, k_g, v_g, w_used, pos0, n_valid, self.block)
 
   def _head_fn(self, params, h):
     self.traces["head"] += 1
-    model = self._model(params)
-    return model.embed.attend(model.final_norm(h))
+    return self._model(params).head(h)
 
   def _nll_fn(self, params, h, targets):
     """Summed next-token NLL and count over targets >= 0 (targets < 0 are ignored)."""
@@ -230,7 +211,7 @@ class Engine:
     if self.drt:
       if state.pos % self.p:
         raise ValueError("prefill must start at a chunk boundary; feed the rest with step()")
-      x = landmark_layout(tokens, cfg.chunk_size, cfg.lmk_id, cfg.pad_id)
+      x = insert_landmarks(tokens.astype(np.int32), cfg.chunk_size, cfg.lmk_id, cfg.pad_id)
     else:
       x = np.where(tokens < 0, cfg.pad_id, tokens).astype(np.int32)
     total = x.shape[1]
@@ -309,30 +290,30 @@ class Engine:
   def _token_fn(self, params, tok, lower, upper, buf, gathered, ws, pos):
     self.traces["token"] += 1
     model = self._model(params)
-    h = model.embed(tok[:, None])
-    h, new_lower = _step_lower(self._lower_layers(model), h, lower, pos)
+    one = jnp.int32(1)
+    h, new_lower = _lower_steps(self._lower_layers(model), model.embed(tok[:, None]), lower, pos, one, 1)
     new_upper = []
     if self.drt:
       buf = jax.lax.dynamic_update_slice_in_dim(buf, h.astype(buf.dtype), pos % self.p, axis=1)
       for g, layers in enumerate(model.groups):
-        h, caches = _step_group(layers, h, upper[g], gathered[g], ws[g], pos)
+        h, caches = _group_steps(layers, h, upper[g], *gathered[g], ws[g][:, None], pos, one, 1)
         new_upper.append(caches)
-    logits = model.embed.attend(model.final_norm(h))[:, 0]
-    return logits, new_lower, tuple(new_upper), buf
+    return model.head(h)[:, 0], new_lower, tuple(new_upper), buf
 
   def _landmark_fn(self, key_block, params, lower, upper, buf, gathered, ws, pos, lmk_keys, count):
     self.traces["landmark"] += 1
     cfg = self.cfg
     model = self._model(params)
+    one = jnp.int32(1)
     h = model.embed(jnp.full((buf.shape[0], 1), cfg.lmk_id, jnp.int32))
-    h, new_lower = _step_lower(model.lower, h, lower, pos)
+    h, new_lower = _lower_steps(model.lower, h, lower, pos, one, 1)
     buf = buf.at[:, self.p - 1].set(h[:, 0].astype(buf.dtype))
     enc = model.encode_chunks(buf)
     new_upper, picks = [], []
     for g, layers in enumerate(model.groups):
-      q = model.lmk_norms[g](h)  # the same per-group norm as training (fixes B1)
-      picks.append(tuple(x[:, 0] for x in blocked_topk(q, lmk_keys, count, cfg.top_k, key_block)))
-      h, caches = _step_group(layers, h, upper[g], gathered[g], ws[g], pos)
+      # The same retrieval as training, per-group norm included (the reference code omits it).
+      picks.append(tuple(x[:, 0] for x in model.retrieve(g, h, lmk_keys, c0=count, block=key_block)))
+      h, caches = _group_steps(layers, h, upper[g], *gathered[g], ws[g][:, None], pos, one, 1)
       new_upper.append(caches)
     return new_lower, tuple(new_upper), enc, picks
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from flax import nnx
 
-from gca_jax.config import ModelConfig
+from gca_jax.config import ExecutionConfig, ModelConfig
 from gca_jax.model.baselines import FullAttentionLM, SlidingWindowLM
 from gca_jax.model.drt import DRT
 
 _MODELS = {"drt": DRT, "sliding_window": SlidingWindowLM, "full_attention": FullAttentionLM}
 
 
-def build_model(config: ModelConfig, *, rngs: nnx.Rngs):
-  """The model named by ``config.model_type``."""
-  return _MODELS[config.model_type](config, rngs=rngs)
+def build_model(config: ModelConfig, *, rngs: nnx.Rngs, execution: ExecutionConfig | None = None):
+  """The model named by ``config.model_type``, run with ``execution`` (default settings if None)."""
+  return _MODELS[config.model_type](config, rngs=rngs, execution=execution)
 
 
 def count_params(model) -> int:

@@ -12,13 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
-from gca_jax.config import ModelConfig
-from gca_jax.model.layers import alibi_slopes, linear, rope
-
-_NEG = -1e30
-
+from gca_jax.config import ExecutionConfig, ModelConfig
+from gca_jax.model.layers import MASK_VALUE, alibi_slopes, linear, rope
 
 def auto_block(window: int, length: int) -> int:
   """A query block of about half the window, a multiple of 8, no longer than the sequence."""
@@ -44,34 +41,53 @@ def sliding_window_attention(
     window: int,
     slopes: np.ndarray | None,
     block: int = 0,
+    cache: tuple | None = None,
+    pos0: int | Int[Array, ""] = 0,
 ) -> Float[Array, "B L H D"]:
-  """Causal attention of query i over keys i-window..i, with optional ALiBi -slope*(i-j)."""
+  """Causal attention of query i over keys i-window..i, with optional ALiBi -slope*(i-j).
+
+  Without ``cache`` the L positions are a whole sequence starting at position 0 (training).
+  With ``cache = (k_cache, v_cache)`` [B, W, KH, D] (W >= window) they continue one from
+  position ``pos0``: slot j of the cache holds position pos0 - W + j, and slots before position
+  0 are masked (serving). Both are the same computation: the keys before the first query are a
+  zero prefix (training) or the cache (serving).
+  """
   b, length, h, d = q.shape
   kh = k.shape[2]
   bq = block or auto_block(window, length)
   nblk = -(-length // bq)
   lp = nblk * bq
-  nb = min(-(-window // bq), nblk - 1)
-  pad_end = [(0, 0), (0, lp - length), (0, 0), (0, 0)]
-  qb = _group(jnp.pad(q, pad_end), kh).reshape(b, nblk, bq, kh, h // kh, d)
-  pad_kv = [(0, 0), (nb * bq, lp - length), (0, 0), (0, 0)]
-  kp = jnp.pad(k, pad_kv).reshape(b, nb + nblk, bq, kh, d)
-  vp = jnp.pad(v, pad_kv).reshape(b, nb + nblk, bq, kh, d)
-  # Key window of query block j: padded key blocks j .. j+nb (block j+nb is aligned with j).
+  if cache is None:
+    nb = min(-(-window // bq), nblk - 1)  # key blocks before a query block that it can reach
+    prefix = [jnp.zeros((b, nb * bq, kh, d), k.dtype)] * 2
+    pos0 = 0
+  else:
+    w = cache[0].shape[1]
+    if w < window:
+      raise ValueError(f"sliding_window_attention: a cache of {w} positions cannot hold a window of {window}")
+    nb = -(-w // bq)
+    pad = jnp.zeros((b, nb * bq - w, kh, d), k.dtype)
+    prefix = [jnp.concatenate([pad, c.astype(k.dtype)], 1) for c in cache]
+  tail = jnp.zeros((b, lp - length, kh, d), k.dtype)
+  kp = jnp.concatenate([prefix[0], k, tail], 1).reshape(b, nb + nblk, bq, kh, d)
+  vp = jnp.concatenate([prefix[1], v, tail], 1).reshape(b, nb + nblk, bq, kh, d)
+  qb = _group(jnp.pad(q, [(0, 0), (0, lp - length), (0, 0), (0, 0)]), kh).reshape(b, nblk, bq, kh, h // kh, d)
+  # Key window of query block j: key blocks j .. j+nb of the prefixed keys (j+nb is aligned with j).
   kw = jnp.stack([kp[:, t:t + nblk] for t in range(nb + 1)], axis=2).reshape(b, nblk, (nb + 1) * bq, kh, d)
   vw = jnp.stack([vp[:, t:t + nblk] for t in range(nb + 1)], axis=2).reshape(b, nblk, (nb + 1) * bq, kh, d)
   # Static layout: distance i - j for query row m and window slot (t, r).
-  m_idx = np.arange(bq)[:, None]
   t_idx, r_idx = np.divmod(np.arange((nb + 1) * bq), bq)
-  dist = m_idx + (nb - t_idx)[None, :] * bq - r_idx[None, :]  # bq, (nb+1)bq
+  dist = np.arange(bq)[:, None] + (nb - t_idx)[None, :] * bq - r_idx[None, :]  # bq, (nb+1)bq
   in_window = (dist >= 0) & (dist <= window)
-  key_block = np.arange(nblk)[:, None] + t_idx[None, :] - nb  # nblk, (nb+1)bq
-  mask = in_window[None] & (key_block >= 0)[:, None, :]  # nblk, bq, (nb+1)bq
+  # Absolute position of each window slot's key; negative: before the sequence (masked).
+  xp = np if isinstance(pos0, int) else jnp
+  kpos = pos0 - nb * bq + (xp.arange(nblk)[:, None] + t_idx[None, :]) * bq + r_idx[None, :]
+  mask = in_window[None] & (kpos >= 0)[:, None, :]  # nblk, bq, (nb+1)bq
   s = jnp.einsum("bjmhgd,bjnhd->bjhgmn", qb, kw, preferred_element_type=jnp.float32) * (d ** -0.5)
   if slopes is not None:
-    bias = -jnp.asarray(slopes).reshape(kh, h // kh)[:, :, None, None] * dist.astype(np.float32)
+    bias = -np.asarray(slopes, np.float32).reshape(kh, h // kh)[:, :, None, None] * dist.astype(np.float32)
     s = s + bias[None, None]
-  s = jnp.where(mask[None, :, None, None], s, _NEG)
+  s = jnp.where(mask[None, :, None, None], s, MASK_VALUE)
   p = _softmax(s, q.dtype)
   o = jnp.einsum("bjhgmn,bjnhd->bjmhgd", p, vw, preferred_element_type=jnp.float32)
   return o.reshape(b, lp, h, d)[:, :length].astype(q.dtype)
@@ -105,7 +121,7 @@ def full_causal_attention(
     dist = (qpos[:, None] - kpos[None, :]).astype(jnp.float32)
     if slope is not None:
       s = s - slope * dist
-    s = jnp.where(dist >= 0, s, _NEG)
+    s = jnp.where(dist >= 0, s, MASK_VALUE)
     p = _softmax(s, q.dtype)
     return jnp.einsum("bhgmn,bnhd->bmhgd", p, vp, preferred_element_type=jnp.float32)
 
@@ -129,27 +145,39 @@ def chunk_bidirectional_attention(
 class SelfAttention(nnx.Module):
   """Multi-head (GQA) self-attention; ``kind`` is "window", "full" or "chunk" (RoPE encoder)."""
 
-  def __init__(self, cfg: ModelConfig, kind: str, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, kind: str, rngs: nnx.Rngs, run: ExecutionConfig):
     if kind not in ("window", "full", "chunk"):
       raise ValueError(f"SelfAttention kind={kind!r}: use 'window', 'full' or 'chunk'")
     self.kind = kind
     self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    self.window, self.block, self.rope_theta = cfg.window, cfg.attn_block, cfg.rope_theta
-    self.q = linear(cfg, cfg.d_model, cfg.num_heads * cfg.head_dim, rngs)
-    self.k = linear(cfg, cfg.d_model, cfg.num_kv_heads * cfg.head_dim, rngs)
-    self.v = linear(cfg, cfg.d_model, cfg.num_kv_heads * cfg.head_dim, rngs)
-    self.o = linear(cfg, cfg.num_heads * cfg.head_dim, cfg.d_model, rngs)
+    self.window, self.block, self.rope_theta = cfg.window, run.attn_block, cfg.rope_theta
+    self.q = linear(cfg, cfg.d_model, cfg.num_heads * cfg.head_dim, rngs, ("embed", "heads"))
+    self.k = linear(cfg, cfg.d_model, cfg.num_kv_heads * cfg.head_dim, rngs, ("embed", "kv_heads"))
+    self.v = linear(cfg, cfg.d_model, cfg.num_kv_heads * cfg.head_dim, rngs, ("embed", "kv_heads"))
+    self.o = linear(cfg, cfg.num_heads * cfg.head_dim, cfg.d_model, rngs, ("heads", "embed"))
 
   def __call__(self, x: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
+    return self.attend(x)[0]
+
+  def attend(self, x: Float[Array, "B L D"], cache: tuple | None = None, pos0=0,
+             block: int | None = None):
+    """(output [B, L, D], (k, v) of the new positions [B, L, KH, Dh]).
+
+    ``cache``/``pos0`` continue a sequence (window kind only; see ``sliding_window_attention``);
+    ``block`` overrides the query block (serving steps use their own)."""
     *lead, _ = x.shape
     q = self.q(x).reshape(*lead, self.num_heads, self.head_dim)
     k = self.k(x).reshape(*lead, self.num_kv_heads, self.head_dim)
     v = self.v(x).reshape(*lead, self.num_kv_heads, self.head_dim)
+    block = self.block if block is None else block
     slopes = alibi_slopes(self.num_heads)
+    if cache is not None and self.kind != "window":
+      raise ValueError(f"SelfAttention kind={self.kind!r} has no cache; only 'window' attention does")
     if self.kind == "window":
-      o = sliding_window_attention(q, k, v, window=self.window, slopes=slopes, block=self.block)
+      o = sliding_window_attention(q, k, v, window=self.window, slopes=slopes, block=block,
+                                   cache=cache, pos0=pos0)
     elif self.kind == "full":
-      o = full_causal_attention(q, k, v, slopes=slopes, block=self.block or 256)
+      o = full_causal_attention(q, k, v, slopes=slopes, block=block or 256)
     else:
       o = chunk_bidirectional_attention(rope(q, self.rope_theta), rope(k, self.rope_theta), v)
-    return self.o(o.reshape(*lead, self.num_heads * self.head_dim))
+    return self.o(o.reshape(*lead, self.num_heads * self.head_dim)), (k, v)

@@ -1,4 +1,4 @@
-"""Chunk layout: landmark insertion and removal, and the label layout (method-spec §2).
+"""Chunk layout: landmark insertion and removal, and the label layout.
 
 A raw sequence of T tokens is right-padded to C = ceil(T / S) whole chunks of S tokens; each
 chunk gets its landmark appended, giving C * (S + 1) positions. Position c*(S+1) + S is the
@@ -8,6 +8,7 @@ landmark of chunk c.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Int
 
 IGNORE = -100
@@ -18,13 +19,21 @@ def num_chunks(length: int, chunk_size: int) -> int:
 
 
 def insert_landmarks(tokens: Int[Array, "B T"], chunk_size: int, landmark_id: int, pad_id: int) -> Int[Array, "B L"]:
-  """Pads to whole chunks with ``pad_id`` and appends ``landmark_id`` to every chunk."""
+  """Pads to whole chunks with ``pad_id`` and appends ``landmark_id`` to every chunk; negative
+  ids (masked positions) become ``pad_id``. numpy in, numpy out (the serving engine lays out
+  million-token inputs on the host); jax arrays otherwise."""
+  xp = np if isinstance(tokens, np.ndarray) else jnp
   b, t = tokens.shape
   c = num_chunks(t, chunk_size)
-  x = jnp.pad(tokens, ((0, 0), (0, c * chunk_size - t)), constant_values=pad_id)
-  x = x.reshape(b, c, chunk_size)
-  lmk = jnp.full((b, c, 1), landmark_id, dtype=x.dtype)
-  return jnp.concatenate([x, lmk], axis=2).reshape(b, c * (chunk_size + 1))
+  x = xp.where(tokens < 0, pad_id, tokens).astype(tokens.dtype)
+  x = xp.pad(x, ((0, 0), (0, c * chunk_size - t)), constant_values=pad_id).reshape(b, c, chunk_size)
+  lmk = xp.full((b, c, 1), landmark_id, dtype=x.dtype)
+  return xp.concatenate([x, lmk], axis=2).reshape(b, c * (chunk_size + 1))
+
+
+def raw_to_layout(t, chunk_size: int):
+  """Landmark-layout position of raw token ``t``."""
+  return (np.asarray(t) // chunk_size) * (chunk_size + 1) + np.asarray(t) % chunk_size
 
 
 def remove_landmarks(x, chunk_size: int, length: int | None = None):
@@ -38,7 +47,7 @@ def remove_landmarks(x, chunk_size: int, length: int | None = None):
 
 def landmark_labels(tokens: Int[Array, "B T"], chunk_size: int) -> Int[Array, "B L"]:
   """Targets in the landmark layout: real token t predicts raw token t+1; landmarks, padding
-  and the last real token are IGNORE (method-spec §2.2)."""
+  and the last real token are IGNORE."""
   b, t = tokens.shape
   target = jnp.concatenate([tokens[:, 1:], jnp.full((b, 1), IGNORE, tokens.dtype)], axis=1)
   return insert_landmarks(target, chunk_size, IGNORE, IGNORE)

@@ -1,9 +1,10 @@
-"""DRT: the GCA language model (method-spec §3).
+"""DRT: the GCA language model.
 
 tokens -> landmarks inserted -> embedding -> lower sliding-window layers -> chunk encoder
 (landmark keys + shared chunk K/V memory) -> for each retrieval group: retrieval at the
 landmarks, then upper layers (sliding window + GCA + MLP) -> final norm -> tied head, returned
-for the raw (non-landmark) positions only.
+for the raw (non-landmark) positions only. The serving engine (``gca_jax.infer``) calls the
+same submodules and methods (``encode_chunks``, ``retrieve``, ``head``, the layers' ``step``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from gca_jax.config import ModelConfig
+from gca_jax.config import ExecutionConfig, ModelConfig
+from gca_jax.logical import constrain
 from gca_jax.model.chunking import insert_landmarks, remove_landmarks
 from gca_jax.model.gca import ChunkMemory, DecoderLayer, UpperLayer
 from gca_jax.model.layers import Embedding, RMSNorm
-from gca_jax.model.retrieval import causal_chunk_mask, chunk_scores, select_chunks, serve_next_chunk
-from gca_jax.model.sharding import constrain
+from gca_jax.model.retrieval import select_chunks, serve_next_chunk
 
 
 def noise_key(rngs, stream: str = "gumbel") -> jax.Array:
@@ -37,27 +38,43 @@ def call_layer(layer, remat: bool, *args):
   return layer(*args)
 
 
-class DRT(nnx.Module):
+class LanguageModel(nnx.Module):
+  """What every model shares: the tied embedding / head and the final norm."""
+
+  def head(self, h: Float[Array, "... D"]) -> Float[Array, "... V"]:
+    """Final norm + tied LM head (float32 logits)."""
+    logits = self.embed.attend(constrain(self.final_norm(h), "batch", None, None))
+    return constrain(logits, "batch", None, "vocab") if logits.ndim == 3 else logits
+
+  def __call__(self, tokens: Int[Array, "B T"], *, train: bool = False, rngs=None) -> Float[Array, "B T V"]:
+    return self.forward(tokens, train=train, rngs=rngs)["logits"]
+
+  def _ids(self, tokens) -> jax.Array:
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim != 2:
+      raise ValueError(f"{type(self).__name__} expects tokens of shape [batch, length], got {tokens.shape}")
+    return tokens
+
+
+class DRT(LanguageModel):
   """Decoder with Grouped Cross Attention over causally retrieved chunks."""
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, execution: ExecutionConfig | None = None):
     if cfg.model_type != "drt":
       raise ValueError(f"DRT needs model_type='drt', got {cfg.model_type!r}; use build_model")
-    self.cfg = cfg
+    run = ExecutionConfig() if execution is None else execution
+    self.cfg, self.run = cfg, run
     self.embed = Embedding(cfg, rngs)
-    self.lower = nnx.List([DecoderLayer(cfg, "window", rngs) for _ in range(cfg.lower_layers)])
+    self.lower = nnx.List([DecoderLayer(cfg, "window", rngs, run) for _ in range(cfg.lower_layers)])
     self.enc_prenorm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg)
     self.encoder = nnx.List([
-        DecoderLayer(cfg, "chunk", rngs, eps=cfg.encoder_norm_eps) for _ in range(cfg.encoder_layers)])
+        DecoderLayer(cfg, "chunk", rngs, run, eps=cfg.encoder_norm_eps) for _ in range(cfg.encoder_layers)])
     self.enc_norm = RMSNorm(cfg.d_model, cfg.encoder_norm_eps, cfg)
     self.memory = ChunkMemory(cfg, rngs)
     self.lmk_norms = nnx.List([RMSNorm(cfg.d_model, cfg.norm_eps, cfg) for _ in cfg.upper_layers])
     self.groups = nnx.List([
-        nnx.List([UpperLayer(cfg, rngs) for _ in range(n)]) for n in cfg.upper_layers])
+        nnx.List([UpperLayer(cfg, rngs, run) for _ in range(n)]) for n in cfg.upper_layers])
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg)
-
-  def __call__(self, tokens: Int[Array, "B T"], *, train: bool = False, rngs=None) -> Float[Array, "B T V"]:
-    return self.forward(tokens, train=train, rngs=rngs)["logits"]
 
   def encode_chunks(self, h: Float[Array, "B L D"]):
     """Chunk encoder over the lower-layer output: landmark keys [B, C, D] and chunk K/V."""
@@ -66,43 +83,39 @@ class DRT(nnx.Module):
     p = cfg.chunk_positions
     x = self.enc_prenorm(h.reshape(b * (n // p), p, d))
     for layer in self.encoder:
-      x = call_layer(layer, cfg.remat, x)
+      x = call_layer(layer, self.run.remat, x)
     enc = self.enc_norm(x).reshape(b, n // p, p, d)
     k_mem, v_mem = self.memory(enc)
     return enc[:, :, -1], k_mem, v_mem
 
-  def retrieve(self, group: int, h: Float[Array, "B L D"], lmk_keys, key: jax.Array | None):
-    """Group ``group``'s picks made at every landmark: idx, w [B, C, K] (not yet shifted)."""
-    cfg = self.cfg
-    b, n, d = h.shape
-    p = cfg.chunk_positions
-    q_lmk = self.lmk_norms[group](h.reshape(b, n // p, p, d)[:, :, -1])
-    scores = chunk_scores(q_lmk, lmk_keys)
-    idx, w, _ = select_chunks(scores, causal_chunk_mask(n // p), cfg.top_k, key)
+  def retrieve(self, group: int, h_lmk: Float[Array, "B n D"], lmk_keys: Float[Array, "B M D"], *,
+               c0=0, noise_key: jax.Array | None = None, block: int | None = None):
+    """Group ``group``'s picks at the landmarks of chunks c0 .. c0+n-1 (hidden states
+    ``h_lmk``) among chunks before each: idx, w [B, n, K] (not yet shifted)."""
+    q = self.lmk_norms[group](h_lmk)
+    block = self.run.retrieval_block if block is None else block
+    idx, w, _ = select_chunks(q, lmk_keys, self.cfg.top_k, c0=c0, block=block, noise_key=noise_key)
     return idx, w
 
   def forward(self, tokens: Int[Array, "B T"], *, train: bool = False, rngs=None) -> dict:
     """Logits [B, T, V] (float32) plus each group's retrieval (idx, w) made at the landmarks."""
-    cfg = self.cfg
-    tokens = jnp.asarray(tokens)
-    if tokens.ndim != 2:
-      raise ValueError(f"DRT expects tokens of shape [batch, length], got {tokens.shape}")
+    cfg, remat = self.cfg, self.run.remat
+    tokens = self._ids(tokens)
     length = tokens.shape[1]
-    ids = jnp.where(tokens < 0, cfg.pad_id, tokens).astype(jnp.int32)
-    x = insert_landmarks(ids, cfg.chunk_size, cfg.lmk_id, cfg.pad_id)
+    x = insert_landmarks(tokens, cfg.chunk_size, cfg.lmk_id, cfg.pad_id).astype(jnp.int32)
     key = noise_key(rngs) if train and cfg.gumbel else None
     h = constrain(self.embed(x), "batch", None, None)
     for layer in self.lower:
-      h = call_layer(layer, cfg.remat, h)
+      h = call_layer(layer, remat, h)
     lmk_keys, k_mem, v_mem = self.encode_chunks(h)
+    p = cfg.chunk_positions
     retrieval = []
     for g, layers in enumerate(self.groups):
       gkey = None if key is None else jax.random.fold_in(key, g)
-      idx, w = self.retrieve(g, h, lmk_keys, gkey)
+      idx, w = self.retrieve(g, h[:, p - 1::p], lmk_keys, noise_key=gkey)
       retrieval.append((idx, w))
       idx_used, w_used = serve_next_chunk(idx, w)  # [B, C-1, K]: empty for a single chunk
       for layer in layers:
-        h = call_layer(layer, cfg.remat, h, k_mem, v_mem, idx_used, w_used)
+        h = call_layer(layer, remat, h, k_mem, v_mem, idx_used, w_used)
     h = remove_landmarks(h, cfg.chunk_size, length)
-    logits = self.embed.attend(constrain(self.final_norm(h), "batch", None, None))
-    return {"logits": constrain(logits, "batch", None, "vocab"), "retrieval": retrieval}
+    return {"logits": self.head(h), "retrieval": retrieval}

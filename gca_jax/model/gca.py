@@ -1,14 +1,20 @@
-"""The GCA layer (method-spec §3.7) and the upper decoder layer with the bypass residual (§3.6)."""
+"""The GCA layer, the decoder layers, and the upper decoder layer with the bypass residual.
+
+Every layer here serves training and inference alike: ``step`` takes an optional rolling cache
+of the window's keys/values (serving) and returns the new positions' keys/values beside the
+output; ``__call__`` is the cache-free call used in training.
+"""
 
 from __future__ import annotations
+
 
 import jax.numpy as jnp
 from flax import nnx
 
-from gca_jax.config import ModelConfig
+from gca_jax.config import ExecutionConfig, ModelConfig
+from gca_jax.logical import active_mesh
 from gca_jax.model.attention import SelfAttention
 from gca_jax.model.layers import RMSNorm, SwiGLU, linear
-from gca_jax.model.sharding import active_mesh
 from pallas_kernels.gca import gca_attention, gca_attention_sharded
 
 
@@ -17,12 +23,12 @@ class ChunkMemory(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.k = linear(cfg, cfg.d_model, cfg.num_kv_heads * cfg.head_dim, rngs)
-    self.v = linear(cfg, cfg.d_model, cfg.num_kv_heads * cfg.head_dim, rngs)
+    self.k = linear(cfg, cfg.d_model, cfg.num_kv_heads * cfg.head_dim, rngs, ("embed", "kv_heads"))
+    self.v = linear(cfg, cfg.d_model, cfg.num_kv_heads * cfg.head_dim, rngs, ("embed", "kv_heads"))
 
   def __call__(self, enc):
     """enc [B, C, P, D] -> k_mem, v_mem [B, C, S, KH, Dh] over the S real tokens (the landmark
-    slot is dropped; softmax_one supplies what the authors' zeroed slot did)."""
+    slot is dropped; softmax_one supplies what a zeroed landmark slot would)."""
     cfg = self.cfg
     x = enc[:, :, : cfg.chunk_size]
     shape = (*x.shape[:3], cfg.num_kv_heads, cfg.head_dim)
@@ -30,44 +36,55 @@ class ChunkMemory(nnx.Module):
 
 
 class GroupedCrossAttention(nnx.Module):
-  """Every position of chunk c attends to each chunk picked for it; results mixed by weight."""
+  """Every position of a chunk attends to each chunk picked for it; results mixed by weight."""
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, run: ExecutionConfig):
     self.cfg = cfg
+    self.run = run
     self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg)
-    self.q = linear(cfg, cfg.d_model, cfg.num_heads * cfg.head_dim, rngs)
-    self.o = linear(cfg, cfg.num_heads * cfg.head_dim, cfg.d_model, rngs)
+    self.q = linear(cfg, cfg.d_model, cfg.num_heads * cfg.head_dim, rngs, ("embed", "heads"))
+    self.o = linear(cfg, cfg.num_heads * cfg.head_dim, cfg.d_model, rngs, ("heads", "embed"))
 
-  def __call__(self, h, k_mem, v_mem, idx, w):
-    """h [B, C*P, D]; idx, w [B, C-1, K] serve chunks 1..C-1; chunk 0 gets zeros."""
-    cfg = self.cfg
-    b, n, _ = h.shape
-    p = cfg.chunk_positions
-    c = n // p
-    q = self.q(self.norm(h)).reshape(b, c, p, cfg.num_heads, cfg.head_dim)
-    kw = dict(softmax_one=cfg.softmax_one, impl=cfg.gca_impl, interpret=cfg.gca_interpret)
+  def __call__(self, h, k_mem, v_mem, idx, w, *, unserved: int = 1):
+    """GCA of the chunks of ``h`` [B, L, D] (L = n chunks x positions).
+
+    ``idx``, ``w`` [B, n - unserved, K] are the picks of the last chunks; the first ``unserved``
+    chunks have no picks (in training chunk 0: nothing before it) and get exactly zero.
+    """
+    cfg, run = self.cfg, self.run
+    b, length, _ = h.shape
+    n = idx.shape[1] + unserved
+    q = self.q(self.norm(h)).reshape(b, n, length // n, cfg.num_heads, cfg.head_dim)
+    kw = dict(softmax_one=cfg.softmax_one, impl=run.gca_impl, platform=run.gca_platform or None,
+              interpret=run.gca_interpret, block_sizes=run.block_sizes() or None)
     mesh = active_mesh()
-    if mesh is None or cfg.gca_impl == "xla":
-      o = gca_attention(q[:, 1:], k_mem, v_mem, idx, w, **kw)
-    else:  # a Mosaic call cannot be partitioned by XLA: run it per shard
-      o = gca_attention_sharded(q[:, 1:], k_mem, v_mem, idx, w, mesh=mesh, **kw)
-    o = jnp.concatenate([jnp.zeros_like(q[:, :1]), o.astype(q.dtype)], axis=1)
-    return self.o(o.reshape(b, n, cfg.num_heads * cfg.head_dim))
+    if mesh is None or run.gca_impl == "xla":
+      o = gca_attention(q[:, unserved:], k_mem, v_mem, idx, w, **kw)
+    else:  # a Pallas call cannot be partitioned by XLA: run it per shard
+      o = gca_attention_sharded(q[:, unserved:], k_mem, v_mem, idx, w, mesh=mesh, **kw)
+    o = jnp.concatenate([jnp.zeros_like(q[:, :unserved]), o.astype(q.dtype)], axis=1)
+    return self.o(o.reshape(b, length, cfg.num_heads * cfg.head_dim))
 
 
 class DecoderLayer(nnx.Module):
   """Pre-norm self-attention + SwiGLU."""
 
-  def __init__(self, cfg: ModelConfig, kind: str, rngs: nnx.Rngs, eps: float | None = None):
+  def __init__(self, cfg: ModelConfig, kind: str, rngs: nnx.Rngs, run: ExecutionConfig,
+               eps: float | None = None):
     eps = cfg.norm_eps if eps is None else eps
     self.attn_norm = RMSNorm(cfg.d_model, eps, cfg)
-    self.attn = SelfAttention(cfg, kind, rngs)
+    self.attn = SelfAttention(cfg, kind, rngs, run)
     self.mlp_norm = RMSNorm(cfg.d_model, eps, cfg)
     self.mlp = SwiGLU(cfg, rngs)
 
   def __call__(self, h):
-    h = h + self.attn(self.attn_norm(h))
-    return h + self.mlp(self.mlp_norm(h))
+    return self.step(h)[0]
+
+  def step(self, h, cache=None, pos0=0, block=None):
+    """(output, (k, v) of the new positions); ``cache``: see ``SelfAttention.attend``."""
+    a, kv = self.attn.attend(self.attn_norm(h), cache, pos0, block)
+    h = h + a
+    return h + self.mlp(self.mlp_norm(h)), kv
 
 
 class UpperLayer(nnx.Module):
@@ -77,15 +94,22 @@ class UpperLayer(nnx.Module):
   input: out = h1 + MLP(norm(h1 + g)); otherwise it also enters the residual stream.
   """
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, run: ExecutionConfig):
     self.bypass = cfg.bypass_residual
     self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg)
-    self.attn = SelfAttention(cfg, "window", rngs)
-    self.gca = GroupedCrossAttention(cfg, rngs)
+    self.attn = SelfAttention(cfg, "window", rngs, run)
+    self.gca = GroupedCrossAttention(cfg, rngs, run)
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg)
     self.mlp = SwiGLU(cfg, rngs)
 
   def __call__(self, h, k_mem, v_mem, idx, w):
-    h1 = h + self.attn(self.attn_norm(h))
-    mixed = h1 + self.gca(h1, k_mem, v_mem, idx, w)
-    return (h1 if self.bypass else mixed) + self.mlp(self.mlp_norm(mixed))
+    return self.step(h, k_mem, v_mem, idx, w)[0]
+
+  def step(self, h, k_mem, v_mem, idx, w, cache=None, pos0=0, block=None, unserved: int = 1):
+    """(output, (k, v) of the new positions); picks as in ``GroupedCrossAttention``."""
+    a, kv = self.attn.attend(self.attn_norm(h), cache, pos0, block)
+    h1 = h + a
+    mixed = h1 + self.gca(h1, k_mem, v_mem, idx, w, unserved=unserved)
+    return (h1 if self.bypass else mixed) + self.mlp(self.mlp_norm(mixed)), kv
+
+

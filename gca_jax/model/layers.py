@@ -9,17 +9,24 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from gca_jax.config import ModelConfig
+from gca_jax.logical import axes
+
+# The masking logit of every attention and retrieval score in the model: finite, so exp
+# underflows to exactly 0 and no inf - inf appears.
+MASK_VALUE = -1e30
 
 
 def dtype_of(name: str):
   return jnp.dtype(name)
 
 
-def linear(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
-  """Bias-free projection with N(0, init_std) weights (method-spec §3.10)."""
+def linear(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs,
+           names: tuple[str, str]) -> nnx.Linear:
+  """Bias-free projection with N(0, init_std) weights; ``names`` are the logical axes of its
+  [d_in, d_out] kernel (``gca_jax.logical.RULES``)."""
   return nnx.Linear(
       d_in, d_out, use_bias=False, dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype),
-      kernel_init=nnx.initializers.normal(cfg.init_std), rngs=rngs)
+      kernel_init=nnx.initializers.normal(cfg.init_std), kernel_metadata=axes(*names), rngs=rngs)
 
 
 class RMSNorm(nnx.Module):
@@ -28,7 +35,7 @@ class RMSNorm(nnx.Module):
   def __init__(self, dim: int, eps: float, cfg: ModelConfig):
     self.eps = eps
     self.dtype = dtype_of(cfg.dtype)
-    self.scale = nnx.Param(jnp.ones((dim,), dtype_of(cfg.param_dtype)))
+    self.scale = nnx.Param(jnp.ones((dim,), dtype_of(cfg.param_dtype)), **axes("embed"))
 
   def __call__(self, x: Float[Array, "... D"]) -> Float[Array, "... D"]:
     x32 = x.astype(jnp.float32)
@@ -40,21 +47,21 @@ class SwiGLU(nnx.Module):
   """LLaMA MLP: down(silu(gate(x)) * up(x)), no bias."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    self.gate = linear(cfg, cfg.d_model, cfg.mlp_dim, rngs)
-    self.up = linear(cfg, cfg.d_model, cfg.mlp_dim, rngs)
-    self.down = linear(cfg, cfg.mlp_dim, cfg.d_model, rngs)
+    self.gate = linear(cfg, cfg.d_model, cfg.mlp_dim, rngs, ("embed", "mlp"))
+    self.up = linear(cfg, cfg.d_model, cfg.mlp_dim, rngs, ("embed", "mlp"))
+    self.down = linear(cfg, cfg.mlp_dim, cfg.d_model, rngs, ("mlp", "embed"))
 
   def __call__(self, x):
     return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
 
 
 class Embedding(nnx.Module):
-  """Token embedding, tied to the LM head; the pad row starts at zero (method-spec §3.1)."""
+  """Token embedding, tied to the LM head; the pad row starts at zero."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     table = nnx.initializers.normal(cfg.init_std)(
         rngs.params(), (cfg.vocab_size, cfg.d_model), dtype_of(cfg.param_dtype))
-    self.table = nnx.Param(table.at[cfg.pad_id].set(0))
+    self.table = nnx.Param(table.at[cfg.pad_id].set(0), **axes("vocab", "table_embed"))
     self.dtype = dtype_of(cfg.dtype)
 
   def __call__(self, ids):
@@ -67,7 +74,7 @@ class Embedding(nnx.Module):
 
 
 def alibi_slopes(num_heads: int) -> np.ndarray:
-  """ALiBi slopes 2^(-8(h+1)/H), h = 0..H-1 (method-spec §3.2)."""
+  """ALiBi slopes 2^(-8(h+1)/H), h = 0..H-1."""
   return np.array([2.0 ** (-8.0 * (h + 1) / num_heads) for h in range(num_heads)], np.float32)
 
 

@@ -22,7 +22,15 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
+from gca_jax import parallel
+from gca_jax.checkpoint import Checkpointer
 from gca_jax.config import ConfigError, Experiment, to_dict
+from gca_jax.data.pipeline import datasets_from_config
+from gca_jax.model import count_params
+from gca_jax.train.metrics import MetricsWriter
+from gca_jax.train.optim import lr_schedule, make_optimizer
+from gca_jax.train.state import abstract_train_state
+from gca_jax.train.step import make_eval_step, make_train_step
 
 BATCH_KEYS = ("tokens", "labels", "answer_mask")  # what the train step reads
 
@@ -76,37 +84,8 @@ def write_experiment_json(exp: Experiment, workdir: str | os.PathLike) -> None:
   os.replace(tmp, path)
 
 
-def abstract_train_state(exp: Experiment, mesh, tx):
-  """``(graphdef, abstract_state, shardings, target, init_fn)`` without allocating params:
-  ``target`` holds ShapeDtypeStructs with shardings (what a checkpoint restores onto) and
-  ``jax.jit(init_fn, out_shardings=shardings)()`` builds the initial state in place."""
-  from gca_jax import parallel
-  from gca_jax.model import build_model
-  from gca_jax.train.step import init_state
-  box = {}
-
-  def init_fn():
-    model = build_model(exp.model, rngs=nnx.Rngs(exp.train.seed))
-    box["graphdef"], state = init_state(model, tx, exp.train.seed)
-    return state
-
-  abstract = jax.eval_shape(init_fn)
-  shardings = parallel.state_shardings(abstract, mesh)
-  target = jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-  return box["graphdef"], abstract, shardings, target, init_fn
-
-
 def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str, Any]:
   """Trains ``exp`` in ``workdir`` (resuming if possible); returns a summary dict."""
-  from gca_jax import parallel
-  from gca_jax.checkpoint import Checkpointer
-  from gca_jax.data.pipeline import datasets_from_config
-  from gca_jax.model import count_params
-  from gca_jax.train.metrics import MetricsWriter
-  from gca_jax.train.optim import lr_schedule, make_optimizer
-  from gca_jax.train.step import make_eval_step, make_train_step
-
   t_start = time.time()
   pid = jax.process_index()
   main = pid == 0

@@ -4,35 +4,20 @@
 structure (``graphdef``) and the optimiser are closed over by ``make_train_step``.
 Batches hold ``tokens`` [B, T] (raw ids) and optionally ``labels`` [B, T] (IGNORE where no
 loss) and ``answer_mask`` [B, T] (needle answers, weighted extra by ``answer_loss_weight``).
-Logit t predicts token t+1 (method-spec §2.2).
+Logit t predicts token t+1.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from gca_jax.model.chunking import IGNORE
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  rng: jax.Array
-
-
-def init_state(model, tx: optax.GradientTransformation, seed: int):
-  """(graphdef, TrainState) from a built model."""
-  graphdef, params = nnx.split(model, nnx.Param)
-  return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                              rng=jax.random.PRNGKey(seed))
+from gca_jax.train.state import TrainState, abstract_train_state, init_state  # noqa: F401  (re-exported)
 
 
 def token_weights(batch: dict, answer_loss_weight: float) -> jax.Array:

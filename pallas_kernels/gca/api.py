@@ -5,17 +5,23 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 from jaxtyping import Array, Float, Int
 
-from pallas_kernels.gca import layout
-from pallas_kernels.gca.block_sizes import BlockSizes, default_block_sizes
 from pallas_kernels.gca.checks import guard_picks
 from pallas_kernels.gca.reference import gca_reference
-from pallas_kernels.gca.vjp import make_gca_kernel
 
 IMPLS = ("xla", "pallas", "auto")
+PLATFORMS = ("tpu", "gpu")
+# What impl="auto" runs on each platform: a Pallas kernel only where a measurement or the roofline
+# model (benchmarks/gca_kernel_model.py) says it beats the XLA path. GPU, by the model (no GPU
+# measurement yet; benchmarks/gpu_check.py makes one): the XLA path writes and re-reads the
+# gathered chunks [B,C,K,S,KH,D] of k and v and the float32 logits: 53 GB fwd+bwd at the paper
+# shape vs the Triton kernel's 6.0 GB (gpu_cost.cost_model), 8.9x; the gather alone (3 passes
+# over the picked chunks, 2.4 GB) outweighs the kernel's whole forward (1.9 GB). TPU, by the
+# model too (benchmarks/results/gca_kernel_model.json, summary "v5e fwd+bwd": kernel "tpu"
+# variant "new" 7.5 ms vs kernel "xla" 65 ms modeled at the paper shape; 8-9x on v5p and v6e).
+AUTO = {"tpu": "pallas", "gpu": "pallas"}
 
 
 def _check_shapes(q, k_mem, v_mem, idx, w) -> None:
@@ -37,52 +43,54 @@ def _check_shapes(q, k_mem, v_mem, idx, w) -> None:
     raise ValueError(f"gca_attention: idx must be an integer array, got {idx.dtype}")
 
 
-def resolve_impl(impl: str, interpret) -> str:
-  """Picks the implementation: "auto" is the Pallas kernel on TPU and XLA elsewhere.
+def backend_platform() -> str:
+  """The platform being compiled for: the mesh's abstract device when a mesh context is set (AOT
+  for a TPU topology from a CPU host), else the default backend; "cuda"/"rocm" read as "gpu"."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+  backend = getattr(device, "platform", None) or jax.default_backend()
+  return "gpu" if backend in ("cuda", "rocm") else backend
 
-  There is no GPU kernel (see ``gpu.py``); on CPU the kernel runs only in interpret mode.
+
+def resolve(impl: str, platform: str | None = None, interpret=False) -> tuple[str, str | None]:
+  """Returns ("xla", None) or ("pallas", "tpu" | "gpu"): what ``gca_attention`` runs, for which chip.
+
+  ``platform`` None means the backend's (or the mesh's devices'). Naming a platform explicitly
+  selects that chip's kernel on any host: with ``interpret`` it runs here, without it the call
+  lowers for that chip (``jax.export(..., platforms=["cuda"])``, TPU AOT).
   """
   if impl not in IMPLS:
     raise ValueError(f"gca_attention: unknown impl={impl!r}; use one of {IMPLS}")
-  # Under a mesh context (e.g. AOT compilation for a TPU topology from a CPU host) the target
-  # platform is the mesh's, not the host's default backend.
-  mesh = jax.sharding.get_abstract_mesh()
-  device = None if mesh.empty else getattr(mesh, "abstract_device", None)
-  backend = getattr(device, "platform", None)
-  backend = backend or jax.default_backend()
+  if platform is not None and platform not in PLATFORMS:
+    raise ValueError(f"gca_attention: unknown platform={platform!r}; use None or one of {PLATFORMS}")
+  chip = platform or backend_platform()
+  if impl == "xla":
+    return "xla", None
   if impl == "auto":
-    return "pallas" if backend == "tpu" else "xla"
-  if impl == "pallas" and backend != "tpu" and not interpret:
+    return ("pallas", chip) if AUTO.get(chip) == "pallas" else ("xla", None)
+  if chip not in PLATFORMS:
     raise ValueError(
-        f"gca_attention(impl='pallas'): the fused kernel is a Mosaic TPU kernel and the default "
-        f"backend is {backend!r}; pass interpret=True (CPU testing) or use impl='xla' / 'auto'")
-  return impl
+        f"gca_attention(impl='pallas'): the backend is {chip!r}, which has no Pallas GCA kernel; "
+        f"name the kernel with platform='tpu' or 'gpu' (and interpret=True to run it on this "
+        f"host), or use impl='xla' / 'auto'")
+  return "pallas", chip
 
 
-def _target_device_kind() -> str:
-  """The device kind being compiled for: the mesh's (AOT for a TPU topology) or the host's."""
-  mesh = jax.sharding.get_abstract_mesh()
-  device = None if mesh.empty else getattr(mesh, "abstract_device", None)
-  return getattr(device, "device_kind", None) or jax.devices()[0].device_kind
+def resolve_impl(impl: str, interpret=False, platform: str | None = None) -> str:
+  """"xla" or "pallas": the implementation ``gca_attention`` would run (see ``resolve``)."""
+  return resolve(impl, platform, interpret)[0]
 
 
-def gca_pallas(q, k_mem, v_mem, idx, w, *, softmax_one: bool = False,
-               block_sizes: BlockSizes | None = None, interpret=False):
-  """The fused kernel on public-layout arrays: pads, regroups heads, runs the custom_vjp."""
-  b, c, nq, h, d = q.shape
-  s, kh = k_mem.shape[2], k_mem.shape[3]
-  if block_sizes is None:
-    block_sizes = default_block_sizes(None if interpret else _target_device_kind())
-  align = block_sizes.row_align
-  bc = min(block_sizes.block_c, c)
-  cp = layout.round_up(c, bc)
-  kernel = make_gca_kernel(seq_len=s, n_chunks=c, softmax_one=softmax_one, block_c=bc,
-                           interpret=interpret)
-  idx_p, w_p = layout.pad_picks(idx.astype(jnp.int32), w.astype(jnp.float32), cp)
-  out = kernel(layout.q_to_kernel(q, kh, layout.round_up(nq, align), cp),
-               layout.mem_to_kernel(k_mem, layout.round_up(s, align)),
-               layout.mem_to_kernel(v_mem, layout.round_up(s, align)), idx_p, w_p)
-  return layout.q_from_kernel(out, c, nq, h).astype(q.dtype)
+def gca_pallas(q, k_mem, v_mem, idx, w, *, softmax_one: bool = False, platform: str = "tpu",
+               block_sizes=None, interpret=False):
+  """The fused kernel of ``platform`` on public-layout arrays (no pick guard, no dispatch)."""
+  if platform == "gpu":
+    from pallas_kernels.gca.gpu import gca_gpu  # noqa: PLC0415  (Triton/Mosaic GPU import cost)
+    return gca_gpu(q, k_mem, v_mem, idx, w, softmax_one=softmax_one, block_sizes=block_sizes,
+                   interpret=interpret)
+  from pallas_kernels.gca.tpu_op import gca_tpu  # noqa: PLC0415
+  return gca_tpu(q, k_mem, v_mem, idx, w, softmax_one=softmax_one, block_sizes=block_sizes,
+                 interpret=interpret)
 
 
 def gca_attention(
@@ -94,7 +102,9 @@ def gca_attention(
     *,
     softmax_one: bool = False,
     impl: str = "xla",
+    platform: str | None = None,
     interpret: bool | pltpu.InterpretParams = False,
+    block_sizes=None,
 ) -> Float[Array, "B C Q H D"]:
   """Grouped cross attention of query chunks over their top-k picked memory chunks.
 
@@ -106,16 +116,20 @@ def gca_attention(
       non-interpret call, turns its query chunk's output into NaN (``checks.py``).
     w: the chunk weights (float32); a weight of 0 removes that pick exactly.
     softmax_one: add an implicit zero logit to each per-chunk softmax.
-    impl: "xla" (pure jnp), "pallas" (fused kernel) or "auto" (Pallas on TPU, XLA elsewhere).
-    interpret: run the Pallas kernel in interpret mode (CPU tests): True, or a
-      ``pltpu.InterpretParams`` (e.g. ``out_of_bounds_reads="raise"``). Also turns on the
-      run-time pick check.
+    impl: "xla" (pure jnp), "pallas" (a fused kernel) or "auto" (``AUTO``: the kernel where it
+      wins, XLA elsewhere; on TPU and GPU the kernel, on GPU by the roofline model).
+    platform: which Pallas kernel, "tpu" or "gpu"; None takes the backend (or the mesh's devices).
+    interpret: run the Pallas kernel in interpret mode (CPU tests): True, or an
+      ``InterpretParams`` (e.g. ``out_of_bounds_reads="raise"``). Also turns on the run-time pick
+      check.
+    block_sizes: the kernel's tile choices (the platform's ``BlockSizes``); None: per-chip defaults.
   """
   _check_shapes(q, k_mem, v_mem, idx, w)
-  impl = resolve_impl(impl, interpret)
+  impl, chip = resolve(impl, platform, interpret)
   idx, w = guard_picks(idx, w, k_mem.shape[1], checked=bool(interpret))
   if impl == "pallas":
-    return gca_pallas(q, k_mem, v_mem, idx, w, softmax_one=softmax_one, interpret=interpret)
+    return gca_pallas(q, k_mem, v_mem, idx, w, softmax_one=softmax_one, platform=chip,
+                      block_sizes=block_sizes, interpret=interpret)
   # Remat: the backward pass recomputes the gathered chunks and the logits instead of storing
   # K*S logits per query row for every layer.
   fn = jax.checkpoint(functools.partial(gca_reference, softmax_one=softmax_one))

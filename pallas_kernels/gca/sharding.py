@@ -30,7 +30,9 @@ def gca_attention_sharded(
     mesh: Mesh,
     softmax_one: bool = False,
     impl: str = "auto",
+    platform: str | None = None,
     interpret=False,
+    block_sizes=None,
     batch_axes: tuple[str, ...] = ("data", "fsdp"),
     head_axis: str = "tensor",
 ) -> Float[Array, "B C Q H D"]:
@@ -47,6 +49,7 @@ def gca_attention_sharded(
                      f"mesh axis {heads!r} of size {n_heads}")
   act = P(batch, None, None, heads, None)
   picks = P(batch, None, None)
-  fn = functools.partial(gca_attention, softmax_one=softmax_one, impl=impl, interpret=interpret)
+  fn = functools.partial(gca_attention, softmax_one=softmax_one, impl=impl, platform=platform,
+                         interpret=interpret, block_sizes=block_sizes)
   return jax.shard_map(fn, mesh=mesh, in_specs=(act, act, act, picks, picks), out_specs=act,
                        check_vma=False)(q, k_mem, v_mem, idx, w)
