@@ -81,3 +81,24 @@ def test_build_tokenizer_is_cached(tmp_path):
   a = tokenizer_lib.build_tokenizer(str(corpus), 350, cache_dir=tmp_path / "cache", log=logs.append)
   b = tokenizer_lib.build_tokenizer(str(corpus), 350, cache_dir=tmp_path / "cache", log=logs.append)
   assert a.fingerprint == b.fingerprint and len(logs) == 1  # trained once
+
+
+def test_users_own_model_gets_a_landmark(tmp_path):
+  import sentencepiece as spm
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(make_docs(10)), vocab_size=120,
+                                 model_prefix=str(tmp_path / "user"), minloglevel=2)
+  plain = spm.SentencePieceProcessor(model_file=str(tmp_path / "user.model"))
+  tok = tokenizer_lib.Tokenizer.load_user(tmp_path / "user.model")
+  assert tok.vocab_size == plain.get_piece_size() + 1 == 121
+  assert tok.landmark_id == 120 and tok.id_to_piece(120) == "<lmk>"
+  assert (tok.pad_id, tok.sep_id) == (plain.unk_id(), plain.eos_id())  # no pad piece: pads with unk
+  text = "the king said unto thee"
+  assert tok.encode(text) == plain.encode(text)  # the user's ids are kept
+  from gca_jax.config import DataConfig
+  cfg = DataConfig(tokenizer_model=str(tmp_path / "user.model"), vocab_size=400)
+  assert tokenizer_lib.tokenizer_from_config(cfg).fingerprint == tok.fingerprint
+  with pytest.raises(FileNotFoundError, match="data.tokenizer_model"):
+    tokenizer_lib.Tokenizer.load_user(tmp_path / "missing.model")
+  (tmp_path / "junk.model").write_bytes(b"not a model")
+  with pytest.raises(tokenizer_lib.TokenizerError, match="not a sentencepiece model"):
+    tokenizer_lib.Tokenizer.load_user(tmp_path / "junk.model")

@@ -33,8 +33,13 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> epath.Path:
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[epath.Path]:
-  """Yields a temporary path next to ``final``; renames it to ``final`` only on success."""
+def atomic_path(final: str | os.PathLike, *, is_dir: bool = False,
+                keep_existing: bool = False) -> Iterator[epath.Path]:
+  """Yields a temporary path next to ``final``; renames it to ``final`` only on success.
+
+  ``keep_existing``: a ``final`` folder that appeared meanwhile (another process sharing the
+  cache built the same keyed content) is kept and ours discarded, so a reader of it never
+  sees it vanish."""
   final = epath.Path(final)
   final.parent.mkdir(parents=True, exist_ok=True)
   if is_dir:
@@ -47,8 +52,16 @@ def atomic_path(final: str | os.PathLike, *, is_dir: bool = False) -> Iterator[e
     yield tmp
     os.chmod(tmp, 0o755 if is_dir else 0o644)  # mkdtemp/mkstemp create private files
     if is_dir and final.exists():
+      if keep_existing:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
       shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+      os.replace(tmp, final)
+    except OSError:  # another process renamed its copy into place first
+      if not (keep_existing and final.exists()):
+        raise
+      shutil.rmtree(tmp, ignore_errors=True)
   except BaseException:
     if tmp.is_dir():
       shutil.rmtree(tmp, ignore_errors=True)

@@ -203,7 +203,7 @@ def datasets_from_config(cfg, log=print):
   ro = grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch)
   if cfg.shards:
     from gca_jax.data import shard_pipeline
-    train, val = shard_pipeline.shard_datasets(cfg, tok, passkey, ro)
+    train, val = shard_pipeline.shard_datasets(cfg, tok, passkey, ro, log=log)
     return train, val, tok
   store = token_store.token_store_for(cfg.corpus, tok, cfg.cache_dir, cfg.val_fraction, log=log)
   train = train_dataset(store, cfg.seq_len, cfg.batch_size, cfg.seed, num_samples=cfg.num_samples,

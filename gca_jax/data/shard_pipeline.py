@@ -59,12 +59,17 @@ def eval_dataset(root: str | os.PathLike, seq_len: int, batch_size: int, *,
   return pipeline.sequential_windows(reader, rows, seq_len, batch_size, shard, read_options)
 
 
-def shard_datasets(cfg, tok, passkey: dict | None, read_options: grain.ReadOptions):
-  """``(train, validation)`` for a ``DataConfig`` with ``shards`` set; checks the tokenizer."""
+def shard_datasets(cfg, tok, passkey: dict | None, read_options: grain.ReadOptions, log=print):
+  """``(train, validation)`` for a ``DataConfig`` with ``shards`` set; checks the tokenizer.
+  Without a validation window the validation set is empty (and a warning is logged)."""
   manifest = shards.load_manifest(cfg.shards)
   shards.check_tokenizer(manifest, tok, cfg.shards)
   train = train_dataset(cfg.shards, cfg.seq_len, cfg.batch_size, cfg.seed, manifest=manifest,
                         num_samples=cfg.num_samples, passkey=passkey, tok=tok,
                         windows=cfg.windows, read_options=read_options)
-  val = eval_dataset(cfg.shards, cfg.seq_len, cfg.batch_size, manifest=manifest)
+  try:
+    val = eval_dataset(cfg.shards, cfg.seq_len, cfg.batch_size, manifest=manifest)
+  except shards.ShardError as e:
+    log(f"warning: no evaluation: {e}")
+    val = []
   return train, val

@@ -123,7 +123,7 @@ class ShardReader:
     self._local, self._lock = threading.local(), threading.Lock()
 
   def _path(self, g: int, key: str) -> epath.Path:
-    return epath.Path(self.root) / self.parts[g][key]
+    return epath.Path(self.root) / self._entry(g)[key]
 
   def _entry(self, g: int) -> dict:
     if g not in self.parts:

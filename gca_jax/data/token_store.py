@@ -88,7 +88,7 @@ def build_token_store(docs: Sequence[sources.Document], tok: Tokenizer, out_dir:
   meta = {"tokenizer": tok.fingerprint, "vocab_size": tok.vocab_size, "sep_id": tok.sep_id,
           "dtype": dtype.name, "val_fraction": val_fraction, "seed": seed,
           "tokenize_seconds": round(t_tok, 2), "splits": {}}
-  with cache.atomic_path(out_dir, is_dir=True) as tmp:
+  with cache.atomic_path(out_dir, is_dir=True, keep_existing=True) as tmp:
     for split in SPLITS:
       rows = [i for i in range(len(docs)) if split_of[i] == split]
       lens = np.array([len(encoded[i]) + 1 for i in rows], np.int64)

@@ -192,7 +192,7 @@ def build_tokenizer(corpus: str = "books", vocab_size: int = 4096,
     return Tokenizer.load(path)
   t0 = time.time()
   tok = train(texts, vocab_size)
-  with cache.atomic_path(path.parent, is_dir=True) as tmp:
+  with cache.atomic_path(path.parent, is_dir=True, keep_existing=True) as tmp:
     (tmp / "spm.model").write_bytes(tok.model_proto())
     info = {"corpus": corpus, "vocab_size": vocab_size, "key": key,
             "train_seconds": round(time.time() - t0, 2), "options": trainer_options(vocab_size)}
