@@ -32,15 +32,15 @@ def export_cuda(fn, *args) -> str:
   return exported.mlir_module()
 
 
-def triton_calls(text: str) -> dict[str, int]:
-  """{kernel name: launched programs (grid_x * grid_y * grid_z)} of the module's Triton calls."""
-  calls = {}
+def triton_calls(text: str) -> list[tuple[str, int]]:
+  """(kernel name, launched programs = grid_x * grid_y * grid_z) of each Triton call, in order."""
+  calls = []
   for target, config in _CALL.findall(_IR.sub("", text)):
     if target != CUSTOM_CALL:
       continue
     name = re.search(r'name = "([^"]+)"', config).group(1)
     grid = [int(g) for g in re.findall(r"grid_[xyz] = (\d+)", config)]
-    calls[name] = math.prod(grid)
+    calls.append((name, math.prod(grid)))
   return calls
 
 
@@ -59,15 +59,15 @@ def _loss_and_grads(softmax_one):
   return jax.value_and_grad(loss, argnums=(0, 1, 2, 4))
 
 
-# (B, C, Q, H, KH, D, M, S, K): GQA with padded Q and S; the paper's per-device shape.
-SHAPES = [(2, 3, 7, 4, 2, 128, 5, 63, 3), (4, 259, 64, 12, 12, 64, 260, 64, 8)]
+# (B, C, Q, H, KH, D, M, S, K): GQA with padded Q and S (2 dk/dv key tiles); the paper's shape.
+SHAPES = [(2, 3, 7, 4, 2, 128, 5, 65, 3), (4, 259, 64, 12, 12, 64, 260, 64, 8)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["gqa_padded", "paper"])
 def test_forward_and_backward_lower_to_triton_calls_with_modeled_grids(shape):
   text = export_cuda(_loss_and_grads(True), *_specs(*shape, jnp.bfloat16))
-  calls = triton_calls(text)
-  assert sorted(calls) == sorted(KERNELS), calls
+  calls = dict(triton_calls(text))
+  assert sorted(calls) == sorted(KERNELS) and len(triton_calls(text)) == 3, calls
   b, c, nq, h, kh, d, m, s, k = shape
   model = cost_model(dict(batch=b, n_chunks=c, q_len=nq, seq=s, heads=h, kv_heads=kh, head_dim=d,
                           top_k=k, n_mem=m, dtype_bytes=2), "fwd+bwd")
@@ -75,8 +75,44 @@ def test_forward_and_backward_lower_to_triton_calls_with_modeled_grids(shape):
   assert model["grid_steps"] == sum(calls.values())
 
 
-def test_forward_alone_lowers_to_one_triton_call_and_xla_to_none():
+@pytest.mark.parametrize("impl", ["pallas", "auto"])
+def test_forward_alone_lowers_to_one_triton_call_and_xla_to_none(impl):
+  """impl="auto" on GPU is the kernel (api.AUTO, by the roofline model); "xla" has no kernel."""
   specs = _specs(1, 2, 64, 2, 2, 64, 3, 64, 2, jnp.float32)
-  text = export_cuda(lambda *a: gca_attention(*a, impl="pallas", platform="gpu"), *specs)
-  assert list(triton_calls(text)) == ["gca_gpu_fwd"]
-  assert triton_calls(export_cuda(lambda *a: gca_attention(*a, impl="xla"), *specs)) == {}
+  text = export_cuda(lambda *a: gca_attention(*a, impl=impl, platform="gpu"), *specs)
+  assert [name for name, _ in triton_calls(text)] == ["gca_gpu_fwd"]
+  assert triton_calls(export_cuda(lambda *a: gca_attention(*a, impl="xla"), *specs)) == []
+
+
+def _drt_train_step_text(gca_impl: str) -> str:
+  """The tiny DRT experiment's train step, exported for CUDA with ``execution.gca_impl``."""
+  from flax import nnx  # noqa: PLC0415
+
+  from gca_jax.config import ExecutionConfig, ModelConfig, OptimConfig  # noqa: PLC0415
+  from gca_jax.model import build_model  # noqa: PLC0415
+  from gca_jax.train.optim import make_optimizer  # noqa: PLC0415
+  from gca_jax.train.step import init_state, make_train_step  # noqa: PLC0415
+
+  cfg = ModelConfig(vocab_size=64, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=64,
+                    lower_layers=0, upper_layers=(1, 1), encoder_layers=1, chunk_size=4, top_k=2,
+                    window=10)
+  execution = ExecutionConfig(gca_impl=gca_impl, gca_platform="gpu" if gca_impl != "xla" else "")
+  tx = make_optimizer(OptimConfig(), 10)
+  box = {}
+
+  def init():
+    box["graphdef"], state = init_state(build_model(cfg, rngs=nnx.Rngs(0), execution=execution),
+                                        tx, 0)
+    return state
+
+  state = jax.eval_shape(init)
+  batch = {"tokens": jax.ShapeDtypeStruct((2, 30), jnp.int32)}
+  return export_cuda(make_train_step(box["graphdef"], tx), state, batch)
+
+
+def test_drt_train_step_lowers_with_the_gpu_kernel():
+  """execution.gca_impl="pallas", gca_platform="gpu": each GCA layer of the train step runs the
+  three Triton kernels (forward, dq, dk/dv) once; with gca_impl="xla" there are none."""
+  calls = [name for name, _ in triton_calls(_drt_train_step_text("pallas"))]
+  assert sorted(calls) == sorted(KERNELS * 2), calls  # one GCA in each of the 2 upper blocks
+  assert triton_calls(_drt_train_step_text("xla")) == []
