@@ -20,7 +20,7 @@ Stages (each skipped when its output already exists, so a rerun only does what i
 samples and steps). Full attention costs O(L^2) per sequence; lengths above
 ``--full_attention_max_length`` are reported as not run, with the reason.
 
-Passkey ``accuracy`` is the paper's metric (method-spec §7.2: the first answer token under
+Passkey ``accuracy`` is the paper's metric (docs/method.md, Evaluation protocols: the first answer token under
 teacher forcing, with the anti-leak zero); ``exact_match`` is all answer digits under greedy
 decoding. Evaluated rows are cached in ``<workdir>/eval_cache.json`` keyed by model, training
 step, length, samples and seed.
@@ -259,7 +259,7 @@ def markdown(results: dict) -> str:
     lines.append("| " + " | ".join(cells) + " |")
   reasons = sorted({r["reason"] for r in results["passkey"] + results["ppl"] if r.get("not_run")})
   notes = "".join(f"\nnot run: {r}" for r in reasons)
-  return ("Passkey: accuracy of the first answer digit (teacher forced, method-spec §7.2), in "
+  return ("Passkey: accuracy of the first answer digit (teacher forced, docs/method.md, Evaluation protocols), in "
           "brackets all 5 digits by greedy decoding; n = samples. Perplexity: held-out text, the "
           "same tokens at every length.\n\n" + "\n".join(lines) + "\n" + notes + ("\n" if notes else ""))
 

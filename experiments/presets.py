@@ -1,4 +1,4 @@
-"""Model presets: the paper's configurations and tiny CPU models (method-spec §1, §3.9)."""
+"""Model presets: the paper's configurations and tiny CPU models (docs/method.md, The forward pass)."""
 
 from __future__ import annotations
 

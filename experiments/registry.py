@@ -144,10 +144,10 @@ def tiny_cpu_gpt2() -> Experiment:
       train=TrainConfig(steps=100, log_every=10, eval_every=50, eval_batches=2))
 
 
-# ------------------------------------------------------------------- paper (method-spec §6)
+# ------------------------------------------------------------------- paper (docs/method.md, The paper's training recipe)
 
 def _paper(model: ModelConfig) -> Experiment:
-  """§6.1: 16380 tokens x 32 sequences, AdamW lr 2e-3 (floor 4e-4, B6), warmup 1200, 60K steps."""
+  """The paper's pre-training: 16380 tokens x 32 sequences, AdamW lr 2e-3 (floor 4e-4, honoured), warmup 1200, 60K steps."""
   vocab = model.vocab_size  # 50265 = gpt2.VOCAB_SIZE (landmark 50264, the last id)
   return Experiment(
       model=dataclasses.replace(model, pad_id=gpt2.PAD_ID, landmark_id=-1),
@@ -176,7 +176,7 @@ def paper_base_12l() -> Experiment:
 
 @register
 def paper_niah_16k() -> Experiment:
-  """§6.3 / B8: NIAH training at 16384 tokens with 64-token chunks (vanilla softmax).
+  """The paper's NIAH training at 16384 tokens with 64-token chunks (vanilla softmax).
 
   Trains from scratch, as ``niah_ft.sh`` does as shipped (it loads no checkpoint).
   """
@@ -282,7 +282,7 @@ def demo_full_attention() -> Experiment:
 
 @register_sweep(base="demo_drt")
 def demo_2hop_groups() -> list[tuple[str, list[str]]]:
-  """2-hop passkey (method-spec §7.2 multihop) with one retrieval group vs two (1 + 1 layers)."""
+  """2-hop passkey (docs/method.md, Evaluation protocols) with one retrieval group vs two (1 + 1 layers)."""
   hop = ["data.passkey=multihop", "data.passkey_tokens=5"]
   return [("demo_drt-2hop-groups1", [*hop, "model.upper_layers=1"]),
           ("demo_drt-2hop-groups2", [*hop, "model.upper_layers=1,1"])]

@@ -49,7 +49,7 @@ class ModelConfig:
   bypass_residual: bool = True
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
-  # Ids and numerics (method-spec §1): the landmark id defaults to the last vocabulary id.
+  # Ids and numerics (docs/method.md, The forward pass): the landmark id defaults to the last vocabulary id.
   pad_id: int = 0
   landmark_id: int = -1  # -1: vocab_size - 1
   norm_eps: float = 1e-5
@@ -184,7 +184,7 @@ class DataConfig:
 
   ``batch_size`` is global; each JAX process loads ``batch_size // process_count`` rows.
   ``num_samples`` 0 means an unbounded stream of random windows. ``passkey`` "" trains on plain
-  windows; "single"/"multihop"/"multi" inserts needles (method-spec §7.2) with a
+  windows; "single"/"multihop"/"multi" inserts needles (docs/method.md, Evaluation protocols) with a
   ``layout_chunk``-token layout. ``tokenizer`` "sentencepiece" trains one on ``corpus`` (or
   loads ``tokenizer_model``, the user's own ``.model``); "gpt2" is GPT-2 BPE with the reference
   layout (vocabulary 50265). ``shards`` names prepared token shards
@@ -248,7 +248,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-  """AdamW with linear warmup and cosine decay to ``min_lr`` (honoured: method-spec B6)."""
+  """AdamW with linear warmup and cosine decay to ``min_lr`` (honoured: docs/method.md, Decisions)."""
 
   lr: float = 2e-3
   min_lr: float = 4e-4

@@ -1,4 +1,4 @@
-"""Landmark layout and labels against hand-written layouts (method-spec §2)."""
+"""Landmark layout and labels against hand-written layouts (docs/method.md, Token layout)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Passkey/NIAH layouts (method-spec §7.2), checked against positions computed by hand."""
+"""Passkey/NIAH layouts (docs/method.md, Evaluation protocols), checked against positions computed by hand."""
 
 from __future__ import annotations
 

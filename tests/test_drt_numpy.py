@@ -1,5 +1,5 @@
 """The tiny DRT and its baselines vs an independent float64 numpy forward written from the
-method spec (§2, §3), reading the weights from the NNX param state."""
+method (docs/method.md, Token layout and The forward pass), reading the weights from the NNX param state."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def np_retrieval(q_lmk, keys, top_k):
 
 
 def np_gca(h1, p, cfg, picks, k_mem, v_mem):
-  """GCA (§3.7): own pre-norm, q from all P positions, chunk j served by the picks of landmark
+  """GCA: own pre-norm, q from all P positions, chunk j served by the picks of landmark
   j - 1, per-chunk softmax over the S real keys (+1 with softmax_one), weights shared by heads."""
   b_, n, dm = h1.shape
   pp, nh, kh = cfg.chunk_positions, cfg.num_heads, cfg.num_kv_heads
@@ -165,7 +165,7 @@ def np_gca(h1, p, cfg, picks, k_mem, v_mem):
 
 def np_drt(tokens, wts, cfg):
   """Float64 DRT forward: logits at the raw positions and each group's picks per landmark."""
-  tokens = np.where(np.asarray(tokens) < 0, cfg.pad_id, tokens)  # §2.1: negative ids -> pad
+  tokens = np.where(np.asarray(tokens) < 0, cfg.pad_id, tokens)  # negative ids -> pad
   b_, t = tokens.shape
   s_, pp, dm = cfg.chunk_size, cfg.chunk_positions, cfg.d_model
   c_ = -(-t // s_)

@@ -1,4 +1,4 @@
-"""``gca_attention`` vs an independent float64 numpy oracle (forward and hand-written §4.3
+"""``gca_attention`` vs an independent float64 numpy oracle (forward and hand-written (docs/method.md, GCA gradients)
 backward), plus the op's shape validation."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pallas_kernels.gca import gca_attention
 
 
 # ----------------------------------------------------------------------------------------------
-# float64 numpy oracle, written from method-spec §4.2/§4.3 (no code from pallas_kernels)
+# float64 numpy oracle, written from docs/method.md, GCA gradients (no code from pallas_kernels)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -30,7 +30,7 @@ def _chunk_probs(qh, kc, scale, softmax_one):
 
 
 def np_gca(q, k_mem, v_mem, idx, w, *, softmax_one, dout=None):
-  """Forward (and, given ``dout``, the §4.3 gradients) of GCA in float64 numpy.
+  """Forward (and, given ``dout``, the hand-derived gradients) of GCA in float64 numpy.
 
   q [B,C,Q,H,D], k_mem/v_mem [B,M,S,KH,D], idx/w [B,C,K]. Query head h reads kv head h // (H/KH).
   Returns out, or (out, dq, dk_mem, dv_mem, dw).
@@ -103,7 +103,7 @@ SHAPES = [
     (2, 3, 7, 4, 2, 8, 5, 6, 3),
     (1, 4, 6, 2, 2, 16, 3, 6, 2),
     (2, 2, 5, 4, 2, 8, 4, 9, 1),
-    (1, 2, 65, 2, 1, 16, 9, 64, 8),  # spec §12.1: K=8, Q_CTX=65 over 64 keys
+    (1, 2, 65, 2, 1, 16, 9, 64, 8),  # K=8, Q_CTX=65 over 64 keys
 ]
 
 

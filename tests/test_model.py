@@ -115,7 +115,7 @@ def _param_count(cfg):
 
 
 def test_paper_parameter_counts():
-  """Method-spec §1: 145.98M with tied embeddings (38.60M embedding + 107.38M other); the
+  """The paper's 145.98M with tied embeddings (38.60M embedding + 107.38M other); the
   12-layer sliding-window base is 123.56M. The hand count below is layer by layer."""
   d, mlp, v = 768, 2048, 50265
   attn, ffn = 4 * d * d, 3 * d * mlp

@@ -1,4 +1,4 @@
-"""Needle-in-a-haystack samples (method-spec §7.2), for NIAH training and for evaluation.
+"""Needle-in-a-haystack samples (docs/method.md, Evaluation protocols), for NIAH training and for evaluation.
 
 Layout for length ``L`` and layout chunk ``C`` (the collator's chunk, 64 in the paper; for a
 model with ``chunk_size`` real tokens per chunk use ``C = chunk_size`` so that the question's
@@ -9,7 +9,7 @@ are ignored. ``key_pos`` is the one answer position checked by the paper's accur
 answer token for ``single``, the last for ``multihop`` and ``multi``.
 
 Unlike the reference code, variables are random strings of digit tokens (our tokenizer splits
-digits) and every random choice comes from the caller's per-sample ``rng`` (fixes B10).
+digits) and every random choice comes from the caller's per-sample ``rng`` (the reference code uses the global RNG here).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from gca_jax.config import PASSKEY_VARIANTS as VARIANTS
 DEFAULT_TOKEN_CNT = {"single": 10, "multihop": 5, "multi": 5}
 IGNORE_ID = -100
 
-# Template strings (method-spec §7.2), tokenised with the caller's tokenizer.
+# Template strings (docs/method.md, Evaluation protocols), tokenised with the caller's tokenizer.
 SINGLE_NEEDLE = ("|The passkey is: ", "|")
 SINGLE_QUESTION = "|What is the passkey? The passkey is: "
 HOP_NEEDLE = ("|DEF ", " -> ", "|")

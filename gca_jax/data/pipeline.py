@@ -1,6 +1,6 @@
 """Grain input pipelines over a token store: random training windows, sequential eval windows.
 
-Training (method-spec §6.1, B15): sample ``i`` is the ``seq_len``-token window starting at
+Training (docs/method.md, The paper's training recipe): sample ``i`` is the ``seq_len``-token window starting at
 ``default_rng([seed, i]).integers(0, N - seq_len + 1)`` of the split's flat stream (documents
 joined by the separator; windows cross document boundaries); with ``windows='within'`` the
 start is uniform over the starts whose window lies inside one document. Prepared shards

@@ -2,7 +2,7 @@
 
 Ids: 0 pad, 1..10 the digits 0..9, 11 the needle marker, 12 the question marker, filler from
 13 up to ``vocab_size - 2``; the last id is left for the model's landmark. The layout follows
-method-spec §7.2 with a ``chunk``-token layout: the question's last token is the first token of
+docs/method.md, Evaluation protocols with a ``chunk``-token layout: the question's last token is the first token of
 the last chunk and the answer digits follow it, so the retrieval made at the question's chunk
 landmark serves the answer.
 """

@@ -1,4 +1,4 @@
-"""Passkey / NIAH accuracy against length (method-spec §7.2), for DRT and the baselines.
+"""Passkey / NIAH accuracy against length (docs/method.md, Evaluation protocols), for DRT and the baselines.
 
 Samples come from ``gca_jax.data.passkey.make_passkey_sample`` with ``layout_chunk`` = the
 model's chunk size, so the question's landmark makes the retrieval the answer chunk uses. A DRT

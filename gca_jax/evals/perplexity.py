@@ -1,6 +1,6 @@
-"""Perplexity against length (method-spec §7.1): non-overlapping windows of each length over
+"""Perplexity against length (docs/method.md, Evaluation protocols): non-overlapping windows of each length over
 held-out tokens, exp(mean next-token NLL) per length. DRT and the sliding-window baseline run
-through the segmented engine (exact, B5 fixed); full attention runs its forward pass when the
+through the segmented engine (exact: segments carry their retrieval across); full attention runs its forward pass when the
 memory estimate fits the budget."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ weights ``w[b, c, i]`` (shared by all heads and query positions):
 
 ``softmax_one`` adds an implicit zero logit to every per-chunk softmax (denominator
 ``1 + sum exp``): exactly what the authors' zeroed landmark key/value slot gives for chunk 63,
-computed here without a physical slot. Autodiff gives every gradient of method-spec §4.3,
+computed here without a physical slot. Autodiff gives every gradient of docs/method.md, GCA gradients,
 including dW, and the gather's transpose scatter-adds dk/dv over repeated picks.
 """
 
