@@ -116,3 +116,26 @@ def test_drt_train_step_lowers_with_the_gpu_kernel():
   calls = [name for name, _ in triton_calls(_drt_train_step_text("pallas"))]
   assert sorted(calls) == sorted(KERNELS * 2), calls  # one GCA in each of the 2 upper blocks
   assert triton_calls(_drt_train_step_text("xla")) == []
+
+
+def test_cost_model_bytes_and_flops_by_hand():
+  """A 2-chunk, 1-pick, 1-head shape with no padding (Q=S=D=16), counted by hand."""
+  shape = dict(batch=1, n_chunks=2, q_len=16, seq=16, heads=1, kv_heads=1, head_dim=16, top_k=1,
+               n_mem=2, dtype_bytes=2)
+  fwd = cost_model(shape, "fwd")
+  tile = 16 * 16 * 2  # one [16, 16] bf16 tile: a chunk's q, out, k or v
+  # q read + out written (2 chunks each), lse written (2 x 16 f32), idx + w (2 x 8 B), and the
+  # picked k and v chunks (2 picks x 2 tiles)
+  assert fwd["bytes"] == 2 * 2 * tile + 2 * 16 * 4 + 2 * 8 + 2 * 2 * tile
+  assert fwd["flops"] == 2 * 2 * (2 * 16 * 16 * 16)  # 2 picks x (QK^T, PV) x 2*16^3
+  assert fwd["grid_steps"] == 2 and fwd["launches"] == 1
+  full = cost_model(shape, "fwd+bwd")
+  dq = 3 * 2 * tile + 2 * 2 * 16 * 4 + 2 * 8 + 2 * 2 * tile  # q, dO, dq; lse, delta; picks; k, v
+  dkv = 4 * 2 * tile + 2 * 2 * tile + 2 * 2 * 16 * 4 + 2 * 16  # k, v, dk, dv; q, dO; stats; map
+  dw = 2 * 16 * 4 + 2 * 4  # delta read, dw written
+  assert full["bytes"] == fwd["bytes"] + dq + dkv + dw
+  assert full["grid_steps"] == 2 + 2 + 2 and full["launches"] == 4
+  with pytest.raises(ValueError, match="lacks"):
+    cost_model({"batch": 1}, "fwd")
+  with pytest.raises(ValueError, match="pass_"):
+    cost_model(shape, "bwd")
