@@ -10,8 +10,11 @@ on a CPU-only host:
   (``copy_gmem_to_smem`` of ``k_ref.at[idx]`` + barrier) fails in it ("nan + barrier") and, with
   plain ``interpret=True``, has no discharge rule for ``copy_gmem_to_smem``: a Mosaic GPU kernel
   could not be proven correct from this host.
-* Both lower for CUDA under ``jax.export`` (``__gpu$xla.gpu.triton`` vs ``mosaic_gpu_v2``), but
-  Mosaic GPU in jax 0.10 needs Hopper or newer (wgmma/TMA), whereas Triton also runs on Ampere.
+* Both lower for CUDA under ``jax.export``: this kernel to ``__gpu$xla.gpu.triton``, the Mosaic
+  GPU gather toy to ``mosaic_gpu_v2`` (once its SMEM copies are whole multiples of a 128-thread
+  warpgroup's bytes). But Mosaic GPU in jax 0.10 needs Hopper or newer (wgmma/TMA), and its
+  kernels are warpgroup programs with explicit barriers, much more code for the same math;
+  Triton also runs on Ampere.
 
 When the pin moves to JAX 0.11: its changelog deprecates the Pallas Triton backend (to be
 removed later; the advice is Mosaic GPU, or jax_triton to keep Triton kernels). The kernel keeps
