@@ -1,11 +1,12 @@
-"""The DRT model with the Pallas GCA kernel (interpret mode) gives the XLA path's loss and
-gradients."""
+"""The DRT model with each Pallas GCA kernel (TPU and GPU, interpret mode) gives the XLA path's
+loss and gradients."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from gca_jax.config import ExecutionConfig, ModelConfig
@@ -13,13 +14,15 @@ from gca_jax.model import DRT
 from gca_jax.train.step import loss_fn
 
 
-def test_drt_pallas_interpret_matches_xla_loss_and_grads():
+@pytest.mark.parametrize("platform", ["tpu", "gpu"])
+def test_drt_pallas_interpret_matches_xla_loss_and_grads(platform):
   cfg = ModelConfig(vocab_size=64, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=32, lower_layers=1,
                     upper_layers=(1, 1), encoder_layers=1, chunk_size=7, top_k=3, window=16, gumbel=False)
   toks = jax.random.randint(jax.random.PRNGKey(0), (2, 40), 1, 62)
   results = []
   for impl, interpret in (("xla", False), ("pallas", True)):
-    run = ExecutionConfig(gca_impl=impl, gca_platform="tpu" if impl == "pallas" else "", gca_interpret=interpret)
+    run = ExecutionConfig(gca_impl=impl, gca_platform=platform if impl == "pallas" else "",
+                          gca_interpret=interpret)
     model = DRT(cfg, rngs=nnx.Rngs(0), execution=run)
     graphdef, params = nnx.split(model, nnx.Param)
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -88,8 +88,8 @@ def make_tokenizer(exp: Experiment, kind: str):
     return ByteTokenizer(exp.model.vocab_size)
   if kind != "run":
     raise EvalError(f"--tokenizer={kind!r}: use 'run' or 'bytes'")
-  from gca_jax.data.tokenizer import build_tokenizer
-  return build_tokenizer(exp.data.corpus, exp.data.vocab_size, exp.data.cache_dir)
+  from gca_jax.data.tokenizer import tokenizer_from_config
+  return tokenizer_from_config(exp.data)
 
 
 def load_tokens(spec: str, exp: Experiment, tok, need: int):

@@ -24,7 +24,7 @@ from flax import nnx
 
 from gca_jax import parallel
 from gca_jax.checkpoint import Checkpointer
-from gca_jax.config import ConfigError, Experiment, to_dict
+from gca_jax.config import Experiment, to_dict
 from gca_jax.data.pipeline import datasets_from_config
 from gca_jax.model import count_params
 from gca_jax.train.metrics import MetricsWriter
