@@ -11,9 +11,12 @@ Stages (each skipped when its output already exists, so a rerun only does what i
 2. build the sentencepiece tokenizer (digits split) and the token store (cached);
 3. train ``demo_drt`` (``experiments/registry.py``) in ``<workdir>/demo_drt`` with
    ``gca_jax.train.loop.train`` (resumes from the last checkpoint; a finished run is reused);
-4. evaluate on the held-out split: single passkey from 1x to 1024x the training length
-   (``--passkey_samples`` per length up to 64x, ``--passkey_long_samples`` beyond) and
-   perplexity from 1x to 64x over the same held-out tokens at every length;
+4. evaluate on two haystacks: the training corpus's held-out (validation) split and a text
+   family the model never saw (``--heldout``, default ``python_docs``: the Python manual,
+   tokenised with the run's tokenizer, which never saw it either): single passkey from 1x to
+   1024x the training length (``--passkey_samples`` per length up to 64x,
+   ``--passkey_long_samples`` beyond) and perplexity from 1x to 64x over the same tokens at
+   every length;
 5. write ``<workdir>/results.json``, ``results.md`` (the printed table) and ``results.png``.
 
 ``--baselines`` adds ``demo_sliding_window`` and ``demo_full_attention`` (same size, data,
@@ -23,7 +26,8 @@ samples and steps). Full attention costs O(L^2) per sequence; lengths above
 Passkey ``accuracy`` is the paper's metric (docs/method.md, Evaluation protocols: the first answer token under
 teacher forcing, with the anti-leak zero); ``exact_match`` is all answer digits under greedy
 decoding. Evaluated rows are cached in ``<workdir>/eval_cache.json`` keyed by model, training
-step, length, samples and seed.
+step, haystack, length, samples and seed. Every passkey and perplexity row names its
+``haystack`` (``validation`` or the held-out family).
 """
 
 from __future__ import annotations
@@ -58,10 +62,15 @@ FA_MAX = flags.DEFINE_integer("full_attention_max_length", 4096,
 FA_PPL_MAX = flags.DEFINE_integer("full_attention_max_ppl_length", 16384,
                                   "Longest perplexity length run for full attention.")
 EVAL_SEED = define("integer", "eval_seed", 0, "Seed of the passkey samples.")
+HELDOUT = define("string", "heldout", "python_docs",
+                 "Unseen text family evaluated beside the validation split: a fetched corpus "
+                 "sharing no source with the training corpus, or a path to text files; '' for "
+                 "the validation split only.")
 
 DRT, SLIDING, FULL = "drt", "sliding_window", "full_attention"
 EXPERIMENTS = {DRT: "demo_drt", SLIDING: "demo_sliding_window", FULL: "demo_full_attention"}
 LONG_FROM = 64  # multipliers above this use the long sample count
+VALIDATION = "validation"  # the haystack name of the training corpus's held-out split
 
 
 def _log(msg: str) -> None:
@@ -84,6 +93,38 @@ def fetch(exp) -> None:
   from gca_jax.data import sources
   if exp.data.corpus in sources.CORPORA:
     fetch_lib.fetch_corpus(exp.data.corpus, exp.data.cache_dir, log=_log)
+
+
+def check_heldout(exp, heldout: str) -> None:
+  """Exits with the reason when ``heldout`` shares a source with the training corpus."""
+  from gca_jax.data import sources
+  if heldout in sources.CORPORA:
+    shared = set(sources.CORPORA[heldout]) & set(sources.CORPORA.get(exp.data.corpus, ()))
+    if shared or heldout == exp.data.corpus:
+      raise SystemExit(f"error: --heldout={heldout} shares {sorted(shared) or [heldout]} with the "
+                       f"training corpus {exp.data.corpus!r}; pick a family it was not trained on")
+  name = heldout if heldout in sources.CORPORA else os.path.basename(os.path.normpath(heldout))
+  if name == VALIDATION:
+    raise SystemExit(f"error: --heldout={heldout}: the name {VALIDATION!r} is the validation split's")
+
+
+def haystacks(exp, tok, store, heldout: str, log=_log) -> dict:
+  """Haystack tokens by name: the validation split of the training corpus and the unseen
+  family ``heldout`` (all of its documents, tokenised with ``tok``; fetched if named)."""
+  import numpy as np
+
+  from gca_jax.data import fetch as fetch_lib
+  from gca_jax.data import sources, token_store
+  out = {VALIDATION: np.asarray(token_store.load_split(store, "validation").tokens)}
+  if not heldout:
+    return out
+  check_heldout(exp, heldout)
+  if heldout in sources.CORPORA:
+    fetch_lib.fetch_corpus(heldout, exp.data.cache_dir, log=log)
+  name = heldout if heldout in sources.CORPORA else os.path.basename(os.path.normpath(heldout))
+  held = token_store.token_store_for(heldout, tok, exp.data.cache_dir, 0.0, log=log)
+  out[name] = np.asarray(token_store.load_split(held, "train").tokens)  # val_fraction 0: all of it
+  return out
 
 
 def trained_step(workdir: str) -> int | None:
@@ -141,8 +182,10 @@ def passkey_batch(length: int, samples: int) -> int:
 
 def passkey_rows(kind: str, exp, run_dir: str, step: int, cache: EvalCache, hay, tok,
                  plan: list[tuple[int, int]], *, variant: str = "single", run: str | None = None,
-                 seed: int = 0, fa_max: int = 4096, state: dict | None = None) -> list[dict]:
-  """Passkey rows for ``plan`` = [(multiplier, samples)] (cached rows are reused)."""
+                 seed: int = 0, fa_max: int = 4096, state: dict | None = None,
+                 haystack: str = VALIDATION) -> list[dict]:
+  """Passkey rows for ``plan`` = [(multiplier, samples)] on the haystack ``hay`` named
+  ``haystack`` (cached rows are reused)."""
   from gca_jax.evals import passkey, runtime
   state = {} if state is None else state  # the loaded model and its engines, shared by calls
   t = exp.data.seq_len
@@ -150,11 +193,11 @@ def passkey_rows(kind: str, exp, run_dir: str, step: int, cache: EvalCache, hay,
   rows = []
   for m, samples in plan:
     n = t * m
-    key = f"passkey|{run}|{variant}|step{step}|L{n}|n{samples}|seed{seed}"
+    key = f"passkey|{run}|{variant}|step{step}|{haystack}|L{n}|n{samples}|seed{seed}"
     row = cache.get(key)
     if row is None:
-      base = {"model": kind, "run": run, "variant": variant, "length": n, "multiplier": m,
-              "samples": samples}
+      base = {"model": kind, "run": run, "variant": variant, "haystack": haystack, "length": n,
+              "multiplier": m, "samples": samples}
       if kind == FULL and n > fa_max:
         row = runtime.not_run({**base, "accuracy": None, "exact_match": None},
                               f"full attention is O(L^2) per sequence; lengths above {fa_max} "
@@ -168,7 +211,7 @@ def passkey_rows(kind: str, exp, run_dir: str, step: int, cache: EvalCache, hay,
         row = {**base, **{k: r[k] for k in ("accuracy", "exact_match", "seconds", "not_run", "reason")
                           if k in r}}
       cache.put(key, row)
-    _log(f"  passkey {run:24s} {m:6d}x {n:9d} tokens: " + (
+    _log(f"  passkey {run:24s} {haystack:12s} {m:6d}x {n:9d} tokens: " + (
         f"accuracy {row['accuracy']:.3f} exact {row['exact_match']:.3f} ({row['samples']} samples, "
         f"{row.get('seconds', 0):.0f}s)" if not row.get("not_run") else f"not run ({row['reason']})"))
     rows.append(row)
@@ -177,23 +220,24 @@ def passkey_rows(kind: str, exp, run_dir: str, step: int, cache: EvalCache, hay,
 
 def ppl_rows(kind: str, exp, run_dir: str, step: int, cache: EvalCache, hay, multipliers: list[int],
              windows: int, *, run: str | None = None, fa_max: int = 16384,
-             state: dict | None = None) -> list[dict]:
-  """Perplexity rows; every length scores the same ``windows`` x longest-length held-out tokens."""
+             state: dict | None = None, haystack: str = VALIDATION) -> list[dict]:
+  """Perplexity rows on ``hay`` (named ``haystack``); every length scores the same ``windows``
+  x longest-length tokens."""
   from gca_jax.evals import perplexity, runtime
   state = {} if state is None else state
   t = exp.data.seq_len
   run = run or exp.name
   span = t * max(multipliers) * windows
   if span > len(hay):
-    raise ValueError(f"perplexity needs {span} held-out tokens, the split has {len(hay)}: "
+    raise ValueError(f"perplexity needs {span} tokens, the {haystack} haystack has {len(hay)}: "
                      "lower --ppl_windows or --ppl_multipliers")
   rows = []
   for m in multipliers:
     n = t * m
-    key = f"ppl|{run}|step{step}|L{n}|tokens{span}"
+    key = f"ppl|{run}|step{step}|{haystack}|L{n}|tokens{span}"
     row = cache.get(key)
     if row is None:
-      base = {"model": kind, "run": run, "length": n, "multiplier": m}
+      base = {"model": kind, "run": run, "haystack": haystack, "length": n, "multiplier": m}
       if kind == FULL and n > fa_max:
         row = runtime.not_run({**base, "ppl": None},
                               f"full attention is O(L^2) per sequence; lengths above {fa_max} "
@@ -208,7 +252,7 @@ def ppl_rows(kind: str, exp, run_dir: str, step: int, cache: EvalCache, hay, mul
         row = {**base, **{k: r[k] for k in ("ppl", "nll", "windows", "tokens", "seconds", "not_run",
                                             "reason") if k in r}}
       cache.put(key, row)
-    _log(f"  ppl     {run:24s} {m:6d}x {n:9d} tokens: " + (
+    _log(f"  ppl     {run:24s} {haystack:12s} {m:6d}x {n:9d} tokens: " + (
         f"{row['ppl']:.3f} ({row['windows']} windows, {row.get('seconds', 0):.0f}s)"
         if not row.get("not_run") else f"not run ({row['reason']})"))
     rows.append(row)
@@ -222,15 +266,18 @@ def _model(exp, run_dir: str, state: dict):
   return state["model"]
 
 
-def evaluate(kind: str, exp, run_dir: str, step: int, cache: EvalCache, hay, tok) -> tuple[list, list]:
-  """Stage 4 for one model: passkey and perplexity rows."""
+def evaluate(kind: str, exp, run_dir: str, step: int, cache: EvalCache, hays: dict,
+             tok) -> tuple[list, list]:
+  """Stage 4 for one model: passkey and perplexity rows on every haystack."""
   state: dict = {}
   plan = [(m, PASSKEY_SAMPLES.value if m <= LONG_FROM else PASSKEY_LONG_SAMPLES.value)
           for m in _ints(MULTIPLIERS.value)]
-  pk = passkey_rows(kind, exp, run_dir, step, cache, hay, tok, plan, seed=EVAL_SEED.value,
-                    fa_max=FA_MAX.value, state=state)
-  pp = ppl_rows(kind, exp, run_dir, step, cache, hay, _ints(PPL_MULTIPLIERS.value), PPL_WINDOWS.value,
-                fa_max=FA_PPL_MAX.value, state=state)
+  pk, pp = [], []
+  for name, hay in hays.items():
+    pk += passkey_rows(kind, exp, run_dir, step, cache, hay, tok, plan, seed=EVAL_SEED.value,
+                       fa_max=FA_MAX.value, state=state, haystack=name)
+    pp += ppl_rows(kind, exp, run_dir, step, cache, hay, _ints(PPL_MULTIPLIERS.value),
+                   PPL_WINDOWS.value, fa_max=FA_PPL_MAX.value, state=state, haystack=name)
   return pk, pp
 
 
@@ -242,45 +289,91 @@ def _cell(row: dict | None, fmt) -> str:
   return fmt(row)
 
 
+def _hay(row: dict) -> str:
+  return row.get("haystack", VALIDATION)
+
+
+def haystack_label(name: str) -> str:
+  return "validation" if name == VALIDATION else f"{name} (unseen)"
+
+
+def _layout(results: dict) -> tuple[list[str], list[str]]:
+  """Models (DRT first) and haystacks (validation first) present in the rows."""
+  rows = results["passkey"] + results["ppl"]
+  models = [m for m in (DRT, SLIDING, FULL) if any(r["model"] == m for r in rows)]
+  hays = sorted({_hay(r) for r in rows}, key=lambda h: (h != VALIDATION, h))
+  return models, hays
+
+
+def with_ppl_change(rows: list[dict]) -> list[dict]:
+  """``rows`` with ``ppl_change_pct``: the change from the shortest length of the same run and
+  haystack, in percent (``report.percent_change``); not-run rows are left as they are."""
+  from gca_jax.evals import report
+  out = [dict(r) for r in rows]
+  for key in {(r.get("run"), r["model"], _hay(r)) for r in out if not r.get("not_run")}:
+    same = sorted((r for r in out if (r.get("run"), r["model"], _hay(r)) == key
+                   and not r.get("not_run")), key=lambda r: r["length"])
+    for r, pct in zip(same, report.percent_change([r["ppl"] for r in same])):
+      r["ppl_change_pct"] = pct
+  return out
+
+
 def markdown(results: dict) -> str:
-  """The demo table: passkey accuracy (exact match) and perplexity per length and model."""
-  models = [m for m in (DRT, SLIDING, FULL) if any(r["model"] == m for r in results["passkey"])]
+  """The demo table: passkey accuracy (exact match) and perplexity (change from 1x) per length,
+  model and haystack."""
+  models, hays = _layout(results)
   t = results["train_length"]
   lengths = sorted({r["length"] for r in results["passkey"]} | {r["length"] for r in results["ppl"]})
-  pk = {(r["model"], r["length"]): r for r in results["passkey"]}
-  pp = {(r["model"], r["length"]): r for r in results["ppl"]}
-  head = ["length", "x train"] + [f"passkey {m}" for m in models] + [f"ppl {m}" for m in models]
+  pk = {(r["model"], _hay(r), r["length"]): r for r in results["passkey"]}
+  pp = {(r["model"], _hay(r), r["length"]): r for r in with_ppl_change(results["ppl"])}
+  cols = [(m, h) for m in models for h in hays]
+  head = (["length", "x train"] + [f"passkey {m}, {haystack_label(h)}" for m, h in cols]
+          + [f"ppl {m}, {haystack_label(h)}" for m, h in cols])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for n in lengths:
     cells = [f"{n:,}", f"{n / t:g}x"]
-    cells += [_cell(pk.get((m, n)), lambda r: f"{100 * r['accuracy']:.0f}% ({100 * r['exact_match']:.0f}%) "
-                    f"n={r['samples']}") for m in models]
-    cells += [_cell(pp.get((m, n)), lambda r: f"{r['ppl']:.2f}") for m in models]
+    cells += [_cell(pk.get((m, h, n)), lambda r: f"{100 * r['accuracy']:.0f}% "
+                    f"({100 * r['exact_match']:.0f}%) n={r['samples']}") for m, h in cols]
+    cells += [_cell(pp.get((m, h, n)), lambda r: f"{r['ppl']:.2f} "
+                    f"({r['ppl_change_pct']:+.1f}%)") for m, h in cols]
     lines.append("| " + " | ".join(cells) + " |")
   reasons = sorted({r["reason"] for r in results["passkey"] + results["ppl"] if r.get("not_run")})
   notes = "".join(f"\nnot run: {r}" for r in reasons)
-  return ("Passkey: accuracy of the first answer digit (teacher forced, docs/method.md, Evaluation protocols), in "
-          "brackets all 5 digits by greedy decoding; n = samples. Perplexity: held-out text, the "
-          "same tokens at every length.\n\n" + "\n".join(lines) + "\n" + notes + ("\n" if notes else ""))
+  return ("Passkey: accuracy of the first answer digit (teacher forced, docs/method.md, Evaluation "
+          "protocols), in brackets all 5 digits by greedy decoding; n = samples. Haystacks: the "
+          "training corpus's validation split, and a text family never trained on (unseen). "
+          "Perplexity: the same tokens of each haystack at every length; in brackets the change "
+          "from the shortest length.\n\n" + "\n".join(lines) + "\n" + notes + ("\n" if notes else ""))
 
 
 def plot(results: dict, path: str) -> None:
+  """Passkey (first digit, all digits) and perplexity change from 1x against length, one
+  colour per model, solid on the validation split and dashed on the unseen family."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-  for m in (DRT, SLIDING, FULL):
-    pk = sorted((r["length"], r["accuracy"], r["exact_match"]) for r in results["passkey"]
-                if r["model"] == m and not r.get("not_run"))
-    if pk:
-      line, = a1.plot([p[0] for p in pk], [100 * p[1] for p in pk], marker="o", label=f"{m} (first digit)")
-      a1.plot([p[0] for p in pk], [100 * p[2] for p in pk], marker="x", ls="--", color=line.get_color(),
-              label=f"{m} (all 5 digits)")
-    pp = sorted((r["length"], r["ppl"]) for r in results["ppl"] if r["model"] == m and not r.get("not_run"))
-    if pp:
-      a2.plot([p[0] for p in pp], [p[1] for p in pp], marker="o", label=m)
+  models, hays = _layout(results)
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+  colours = {m: f"C{i}" for i, m in enumerate((DRT, SLIDING, FULL))}
+  ppl = with_ppl_change(results["ppl"])
+  for m in models:
+    for h in hays:
+      style = dict(color=colours[m], ls="-" if h == VALIDATION else "--", marker="o",
+                   label=f"{m}, {haystack_label(h)}")
+      pk = sorted((r["length"], r["accuracy"], r["exact_match"]) for r in results["passkey"]
+                  if r["model"] == m and _hay(r) == h and not r.get("not_run"))
+      for ax, col in ((axes[0], 1), (axes[1], 2)):
+        if pk:
+          ax.plot([p[0] for p in pk], [100 * p[col] for p in pk], **style)
+      pp = sorted((r["length"], r["ppl_change_pct"]) for r in ppl
+                  if r["model"] == m and _hay(r) == h and not r.get("not_run"))
+      if pp:
+        axes[2].plot([p[0] for p in pp], [p[1] for p in pp], **style)
   t = results["train_length"]
-  for ax, title, ylabel in ((a1, "single passkey", "accuracy (%)"), (a2, "held-out perplexity", "ppl")):
+  titles = (("single passkey, first digit", "accuracy (%)"),
+            ("single passkey, all 5 digits", "exact match (%)"),
+            ("perplexity change from 1x", "ppl change from 1x (%)"))
+  for ax, (title, ylabel) in zip(axes, titles):
     ax.axvline(t, color="grey", ls=":", lw=1)
     ax.set_xscale("log", base=2)
     ax.set_xlabel(f"length (tokens; training length {t} dotted)")
@@ -288,8 +381,12 @@ def plot(results: dict, path: str) -> None:
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=8)
-  a1.set_ylim(-3, 103)
+      ax.legend(fontsize=7)
+  for ax in axes[:2]:
+    ax.set_ylim(-3, 103)
+  axes[2].axhline(0, color="black", lw=0.8)
+  lim = max([3.0] + [abs(r["ppl_change_pct"]) * 1.2 for r in ppl if not r.get("not_run")])
+  axes[2].set_ylim(-lim, lim)
   fig.suptitle(f"tiny DRT ({results['parameters'].get(DRT, 0):,} parameters), trained at {t} tokens")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -304,6 +401,8 @@ def run(workdir: str, overrides: list[str], baselines: bool) -> dict:
   drt = exps[DRT]
   os.makedirs(workdir, exist_ok=True)
 
+  if HELDOUT.value:
+    check_heldout(drt, HELDOUT.value)
   _log("== 1. corpus")
   fetch(drt)
   timings["fetch"] = time.time() - t0
@@ -314,10 +413,9 @@ def run(workdir: str, overrides: list[str], baselines: bool) -> dict:
   tok = tokenizer.build_tokenizer(drt.data.corpus, drt.data.vocab_size, drt.data.cache_dir, log=_log)
   store = token_store.token_store_for(drt.data.corpus, tok, drt.data.cache_dir, drt.data.val_fraction,
                                       log=_log)
-  import numpy as np
-  hay = np.asarray(token_store.load_split(store, "validation").tokens)
+  hays = haystacks(drt, tok, store, HELDOUT.value)
   timings["tokenizer"] = time.time() - t1
-  _log(f"held-out split: {len(hay):,} tokens")
+  _log("haystacks: " + ", ".join(f"{haystack_label(h)} {len(v):,} tokens" for h, v in hays.items()))
 
   summaries, steps = {}, {}
   for k in kinds:
@@ -332,7 +430,7 @@ def run(workdir: str, overrides: list[str], baselines: bool) -> dict:
   for k in kinds:
     _log(f"== 4. evaluate {exps[k].name}")
     t1 = time.time()
-    pk, pp = evaluate(k, exps[k], os.path.join(workdir, exps[k].name), steps[k], cache, hay, tok)
+    pk, pp = evaluate(k, exps[k], os.path.join(workdir, exps[k].name), steps[k], cache, hays, tok)
     passkey_rows += pk
     ppl_rows += pp
     timings[f"eval_{k}"] = time.time() - t1
@@ -346,13 +444,16 @@ def run(workdir: str, overrides: list[str], baselines: bool) -> dict:
       "train_seconds": {k: s.get("wall_seconds") for k, s in summaries.items()},
       "experiments": {k: e.name for k, e in exps.items()},
       "overrides": list(overrides),
-      "held_out_tokens": int(len(hay)),
+      "held_out_tokens": int(len(hays[VALIDATION])),
+      "haystacks": {h: {"tokens": int(len(v)), "unseen": h != VALIDATION} for h, v in hays.items()},
+      "corpus": drt.data.corpus,
       "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
   }
-  drt_ppl = {r["multiplier"]: r["ppl"] for r in ppl_rows if r["model"] == DRT and not r.get("not_run")}
-  if drt_ppl:
-    lo, hi = min(drt_ppl), max(drt_ppl)
-    results["drt_ppl_change_longest_vs_1x"] = drt_ppl[hi] / drt_ppl[lo] - 1.0
+  results["ppl"] = with_ppl_change(ppl_rows)
+  longest = max((r["length"] for r in ppl_rows), default=0)
+  results["drt_ppl_change_longest_vs_1x"] = {
+      _hay(r): r["ppl_change_pct"] / 100 for r in results["ppl"]
+      if r["model"] == DRT and r["length"] == longest and not r.get("not_run")}
   with open(os.path.join(workdir, "results.json.tmp"), "w") as f:
     json.dump(results, f, indent=1)
   os.replace(os.path.join(workdir, "results.json.tmp"), os.path.join(workdir, "results.json"))

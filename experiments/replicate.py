@@ -1,7 +1,7 @@
 """``make replicate``: the demo's claims with tighter statistics, longer contexts, 2-hop and a
 mini ablation. Hours on 2 CPU cores; every stage is cached, so reruns only do what is missing.
 
-  python -m experiments.replicate --workdir=runs/replicate [--stages=single,16m,2hop,ablation]
+  python -m experiments.replicate --workdir=runs/replicate [--stages=single,16m,2hop,ablation,lm]
 
 Stages (``--stages``, comma list):
 
@@ -9,23 +9,30 @@ Stages (``--stages``, comma list):
   finished run of the same experiment) on single passkey at 1x..1024x the training length with
   ``--samples`` per length (default 300) and a 95% lower confidence bound on the accuracy
   (Clopper-Pearson with scipy, Wilson otherwise; both are reported when scipy is present), and
-  perplexity 1x..64x as in the demo.
+  perplexity 1x..64x as in the demo, on both of the demo's haystacks (the validation split and
+  the unseen family ``--heldout``).
 * ``16m``: single passkey at 2^24 tokens (rounded down to a multiple of the training length)
-  with ``--samples_16m`` samples (default 10). The held-out split is far shorter, so the
-  haystack repeats it (``gca_jax.evals.haystack.window`` wraps); the needle is unique.
+  with ``--samples_16m`` samples (default 10), on both haystacks. They are far shorter, so the
+  haystack repeats (``gca_jax.evals.haystack.window`` wraps); the needle is unique.
 * ``2hop``: sweep ``demo_2hop_groups`` (2-hop passkey, 1 vs 2 retrieval groups), each trained
-  and evaluated at 1x..64x (``--samples`` per length up to 64x) on the 2-hop task.
+  and evaluated at 1x..64x (``--samples`` per length up to 64x) on the 2-hop task (validation
+  split).
 * ``ablation``: sweep ``demo_ablation`` (Gumbel off, top-k 2 and 4, chunk 16 and 32), each
   trained like ``demo_drt`` and evaluated on single passkey at 1x, 16x, 256x
   (``--ablation_samples`` per length, default 100).
 
 The 2-hop and ablation runs also get held-out perplexity at ``--sweep_ppl_multipliers``.
 
+* ``lm``: language modelling without needles, the DRT against a sliding-window LM and full
+  attention (ALiBi, RoPE) of its parameter count (``experiments/lm_stage.py``); adds
+  ``lm_ppl`` rows ``{model, length, ppl, haystack, ...}``, ``lm_models`` and ``lm_targets``.
+
 Every stage records its wall time and the process's peak resident memory so far
 (``timings_seconds``, ``peak_rss_gb``).
 
 Writes ``<workdir>/results.json`` in the demo's form (``train_length``, ``passkey`` rows
-``{model, run, variant, length, samples, accuracy, exact_match, ci95_low, ...}``, ``ppl`` rows),
+``{model, run, variant, haystack, length, samples, accuracy, exact_match, ci95_low, ...}``,
+``ppl`` rows naming their ``haystack`` too),
 plus ``results.md``.
 """
 
@@ -45,8 +52,9 @@ from absl import app, flags, logging  # noqa: E402
 from gca_jax.flagdefs import define  # noqa: E402
 
 from experiments import demo  # noqa: E402  (defines the demo's flags too; only ours are used)
+from experiments import lm_stage  # noqa: E402  (the lm stage and its flags)
 
-STAGES = flags.DEFINE_string("stages", "single,16m,2hop,ablation", "Stages to run, in order.")
+STAGES = flags.DEFINE_string("stages", "single,16m,2hop,ablation,lm", "Stages to run, in order.")
 DEMO_WORKDIR = flags.DEFINE_string("demo_workdir", "runs/demo",
                                    "A demo folder whose finished demo_drt run may be reused.")
 SAMPLES = define("integer", "samples", 300, "Passkey samples per length (single, 2-hop).")
@@ -120,8 +128,6 @@ def _train_or_reuse(exp, workdir: str) -> str:
 
 
 def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
-  import numpy as np
-
   from experiments.registry import expand_sweep, get_experiment
   from gca_jax.config import apply_overrides
   from gca_jax.data import token_store, tokenizer
@@ -132,7 +138,8 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
   tok = tokenizer.build_tokenizer(drt.data.corpus, drt.data.vocab_size, drt.data.cache_dir, log=demo._log)
   store = token_store.token_store_for(drt.data.corpus, tok, drt.data.cache_dir, drt.data.val_fraction,
                                       log=demo._log)
-  hay = np.asarray(token_store.load_split(store, "validation").tokens)
+  hays = demo.haystacks(drt, tok, store, demo.HELDOUT.value)
+  hay = hays[demo.VALIDATION]
   cache = demo.EvalCache(os.path.join(workdir, "eval_cache.json"))
   t = drt.data.seq_len
   passkey, ppl, timings, peak = [], [], {}, {}
@@ -148,23 +155,26 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
     state: dict = {}
     if "single" in stages:
       t1 = time.time()
-      passkey += demo.passkey_rows(demo.DRT, drt, run_dir, step, cache, hay, tok,
-                                   [(m, SAMPLES.value) for m in mults], state=state)
-      ppl += demo.ppl_rows(demo.DRT, drt, run_dir, step, cache, hay,
-                           demo._ints(demo.PPL_MULTIPLIERS.value), demo.PPL_WINDOWS.value, state=state)
+      for name, h in hays.items():
+        passkey += demo.passkey_rows(demo.DRT, drt, run_dir, step, cache, h, tok,
+                                     [(m, SAMPLES.value) for m in mults], state=state, haystack=name)
+        ppl += demo.ppl_rows(demo.DRT, drt, run_dir, step, cache, h,
+                             demo._ints(demo.PPL_MULTIPLIERS.value), demo.PPL_WINDOWS.value,
+                             state=state, haystack=name)
       stage_done("single", t1)
     if "16m" in stages:
       t1 = time.time()
       from gca_jax.evals import runtime
       m = LENGTH_16M.value // t
       reason = runtime.budget_reason(drt.model, 1, m * t, 1024, MEMORY_BUDGET_GB.value)
-      if reason:
-        passkey.append(runtime.not_run({"model": demo.DRT, "run": drt.name, "variant": "single",
-                                        "length": m * t, "multiplier": m,
-                                        "samples": SAMPLES_16M.value, "accuracy": None}, reason))
-      else:
-        passkey += demo.passkey_rows(demo.DRT, drt, run_dir, step, cache, hay, tok,
-                                     [(m, SAMPLES_16M.value)], state=state)
+      for name, h in hays.items():
+        if reason:
+          passkey.append(runtime.not_run({"model": demo.DRT, "run": drt.name, "variant": "single",
+                                          "haystack": name, "length": m * t, "multiplier": m,
+                                          "samples": SAMPLES_16M.value, "accuracy": None}, reason))
+        else:
+          passkey += demo.passkey_rows(demo.DRT, drt, run_dir, step, cache, h, tok,
+                                       [(m, SAMPLES_16M.value)], state=state, haystack=name)
       stage_done("16m", t1)
 
   sweeps = []
@@ -187,28 +197,41 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
                            run=exp.name)
     stage_done(sweep, t1)
 
-  results = {"train_length": t, "passkey": [with_ci(r) for r in passkey], "ppl": ppl,
+  lm = {}
+  if "lm" in stages:
+    t1 = time.time()
+    lm = lm_stage.run_from_flags(workdir, overrides, cache)
+    stage_done("lm", t1)
+
+  results = {"train_length": t, "passkey": [with_ci(r) for r in passkey],
+             "ppl": demo.with_ppl_change(ppl),
              "stages": stages, "overrides": list(overrides), "held_out_tokens": int(len(hay)),
-             "haystack_note": "lengths beyond the held-out split repeat it (wrap-around)",
+             "haystacks": {h: {"tokens": int(len(v)), "unseen": h != demo.VALIDATION}
+                           for h, v in hays.items()},
+             "haystack_note": "lengths beyond a haystack repeat it (wrap-around)",
              "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
              "peak_rss_gb": peak}
   with open(os.path.join(workdir, "results.json.tmp"), "w") as f:
     json.dump(results, f, indent=1)
   os.replace(os.path.join(workdir, "results.json.tmp"), os.path.join(workdir, "results.json"))
-  lines = ["| run | variant | length | x train | samples | accuracy | 95% low | exact |", "|---|---|---|---|---|---|---|---|"]
+  lines = ["| run | variant | haystack | length | x train | samples | accuracy | 95% low | exact |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for r in results["passkey"]:
+    head = (f"| {r['run']} | {r['variant']} | {demo.haystack_label(demo._hay(r))} | {r['length']:,} "
+            f"| {r['multiplier']}x | {r['samples']} |")
     if r.get("not_run"):
-      lines.append(f"| {r['run']} | {r['variant']} | {r['length']:,} | {r['multiplier']}x | "
-                   f"{r['samples']} | not run: {r['reason']} | | |")
+      lines.append(f"{head} not run: {r['reason']} | | |")
     else:
-      lines.append(f"| {r['run']} | {r['variant']} | {r['length']:,} | {r['multiplier']}x | "
-                   f"{r['samples']} | {100 * r['accuracy']:.1f}% | {100 * r['ci95_low']:.1f}% | "
+      lines.append(f"{head} {100 * r['accuracy']:.1f}% | {100 * r['ci95_low']:.1f}% | "
                    f"{100 * r['exact_match']:.1f}% |")
-  lines += ["", "| run | length | x train | ppl |", "|---|---|---|---|"]
+  lines += ["", "| run | haystack | length | x train | ppl | change from 1x |", "|---|---|---|---|---|---|"]
   for r in results["ppl"]:
-    cell = f"{r['ppl']:.2f}" if not r.get("not_run") else f"not run: {r['reason']}"
-    lines.append(f"| {r['run']} | {r['length']:,} | {r['multiplier']}x | {cell} |")
-  table = "\n".join(lines) + "\n"
+    cell = (f"{r['ppl']:.2f} | {r['ppl_change_pct']:+.2f}%"
+            if not r.get("not_run") else f"not run: {r['reason']} |")
+    lines.append(f"| {r['run']} | {demo.haystack_label(demo._hay(r))} | {r['length']:,} | "
+                 f"{r['multiplier']}x | {cell} |")
+  results.update(lm)
+  table = "\n".join(lines) + "\n" + lm_stage.markdown(results)
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(table)
   demo._log("\n" + table + f"\nwrote {workdir}/results.json in {(time.time() - t0) / 60:.1f} min")
@@ -218,9 +241,9 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
 def main(argv) -> int:
   def body() -> int:
     stages = [s.strip() for s in STAGES.value.split(",") if s.strip()]
-    bad = set(stages) - {"single", "16m", "2hop", "ablation"}
+    bad = set(stages) - {"single", "16m", "2hop", "ablation", "lm"}
     if bad:
-      print(f"error: unknown --stages {sorted(bad)}; use single,16m,2hop,ablation", file=sys.stderr)
+      print(f"error: unknown --stages {sorted(bad)}; use single,16m,2hop,ablation,lm", file=sys.stderr)
       return 2
     workdir = flags.FLAGS["workdir"].value if flags.FLAGS["workdir"].present else "runs/replicate"
     run(workdir, demo.SET.value, stages)

@@ -1,10 +1,13 @@
 """``make demo`` orchestration end to end on tiny settings (fixture corpus, 4 steps, 2 lengths):
-the results.json schema, the table and plot, and that a rerun reuses the run and the evals."""
+the results.json schema with both haystacks (validation split and an unseen family), the table
+and plot, perplexity change from 1x against the rows' own values, and that a rerun reuses the
+run and the evals."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,17 +15,38 @@ from experiments.registry import TINY_CORPUS, get_experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 384
-SETS = [f"data.corpus={TINY_CORPUS}", f"data.vocab_size={V}", f"model.vocab_size={V}",
-        "data.val_fraction=0.3", "data.seq_len=120", "data.batch_size=4", "train.steps=4",
+SETS = [f"data.vocab_size={V}", f"model.vocab_size={V}", "data.val_fraction=0.3", "data.seq_len=120", "data.batch_size=4", "train.steps=4",
         "train.log_every=2", "checkpoint.every=4", "model.d_model=32", "model.mlp_dim=64"]
+
+
+def train_corpus(tmp_path) -> str:
+  """The fixture corpus plus one file of digits: the 384-piece tokenizer keeps every digit as a
+  piece only if each is frequent enough (the fixture has few zeros)."""
+  folder = tmp_path / "tiny_corpus"
+  if not folder.exists():
+    shutil.copytree(TINY_CORPUS, folder)
+    (folder / "digits.txt").write_text("\n".join(f"Number {i:05d} is {i * 37 % 100000:05d}."
+                                               for i in range(300)))
+  return f"data.corpus={folder}"
+
+
+def heldout_texts(folder) -> str:
+  """An unseen text family for the tiny runs: a few files of prose unlike the fixture corpus."""
+  folder.mkdir(parents=True, exist_ok=True)
+  for i in range(3):
+    (folder / f"manual{i}.txt").write_text("\n".join(
+        f"Section {i}.{j}: the option --level={j} sets the level of table t{i} to {j * 7}."
+        for j in range(40)))
+  return str(folder)
 
 
 def _run(workdir, cache, *extra):
   env = dict(os.environ, JAX_PLATFORMS="cpu", GCA_JAX_CACHE=str(cache),
              XLA_FLAGS="--xla_force_host_platform_device_count=1")
   cmd = [sys.executable, "-m", "experiments.demo", f"--workdir={workdir}",
-         *(f"--set={s}" for s in SETS), "--multipliers=1,2", "--ppl_multipliers=1,2",
-         "--passkey_samples=2", "--passkey_long_samples=1", "--ppl_windows=2", *extra]
+         *(f"--set={s}" for s in [train_corpus(workdir.parent), *SETS]), "--multipliers=1,2", "--ppl_multipliers=1,2",
+         "--passkey_samples=2", "--passkey_long_samples=1", "--ppl_windows=2",
+         f"--heldout={heldout_texts(workdir.parent / 'manuals')}", *extra]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   return proc.stdout
@@ -41,14 +65,31 @@ def test_demo_writes_results_and_reuses_finished_stages(tmp_path):
   out = _run(workdir, cache)
   res = json.loads((workdir / "results.json").read_text())
   assert res["train_length"] == 120
-  assert {(r["model"], r["length"]) for r in res["passkey"]} == {("drt", 120), ("drt", 240)}
+  both = {(h, n) for h in ("validation", "manuals") for n in (120, 240)}
+  assert {(r["haystack"], r["length"]) for r in res["passkey"]} == both
   for r in res["passkey"]:
-    assert set(r) >= {"model", "length", "samples", "accuracy"} and r["samples"] == 2
-    assert 0.0 <= r["accuracy"] <= 1.0
-  assert {(r["model"], r["length"]) for r in res["ppl"]} == {("drt", 120), ("drt", 240)}
-  assert all(r["ppl"] > 1.0 for r in res["ppl"])
+    assert set(r) >= {"model", "haystack", "length", "samples", "accuracy"} and r["samples"] == 2
+    assert r["model"] == "drt" and 0.0 <= r["accuracy"] <= 1.0
+  assert {(r["haystack"], r["length"]) for r in res["ppl"]} == both
+  assert res["haystacks"]["manuals"]["unseen"] and not res["haystacks"]["validation"]["unseen"]
+  ppl = {(r["haystack"], r["length"]): r for r in res["ppl"]}
+  for h in ("validation", "manuals"):
+    assert ppl[(h, 120)]["ppl"] > 1.0 and ppl[(h, 120)]["ppl_change_pct"] == 0.0
+    want = 100 * (ppl[(h, 240)]["ppl"] / ppl[(h, 120)]["ppl"] - 1)
+    assert abs(ppl[(h, 240)]["ppl_change_pct"] - want) < 1e-9
+    assert abs(res["drt_ppl_change_longest_vs_1x"][h] - want / 100) < 1e-12
+  assert ppl[("validation", 120)]["ppl"] != ppl[("manuals", 120)]["ppl"]  # different tokens
   assert (workdir / "results.png").stat().st_size > 0 and "| length |" in out
+  assert "passkey drt, validation" in out and "passkey drt, manuals (unseen)" in out
   assert (workdir / "demo_drt" / "summary.json").exists()
   out2 = _run(workdir, cache)  # nothing left to do: the run and every eval are reused
   assert "reusing it" in out2 and "step 1/" not in out2
   assert json.loads((workdir / "results.json").read_text())["passkey"] == res["passkey"]
+
+
+def test_heldout_family_must_be_unseen(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", GCA_JAX_CACHE=str(tmp_path / "cache"))
+  proc = subprocess.run([sys.executable, "-m", "experiments.demo", f"--workdir={tmp_path / 'd'}",
+                         "--set=data.corpus=books_manuals", "--heldout=books", "--set=train.steps=1"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0 and "shares" in proc.stderr and "austen" in proc.stderr

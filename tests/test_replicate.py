@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.test_demo import REPO, SETS
+from tests.test_demo import REPO, SETS, heldout_texts, train_corpus
 
 
 def test_wilson_bound_reference_values():
@@ -39,19 +39,24 @@ def test_replicate_single_and_16m_stages(tmp_path):
   workdir = tmp_path / "rep"
   cmd = [sys.executable, "-m", "experiments.replicate", f"--workdir={workdir}",
          f"--demo_workdir={tmp_path / 'no_demo'}", "--stages=single,16m",
-         *(f"--set={s}" for s in SETS), "--multipliers=1,2", "--ppl_multipliers=1,2",
-         "--samples=3", "--samples_16m=2", "--length_16m=500", "--ppl_windows=2"]
+         *(f"--set={s}" for s in [train_corpus(tmp_path), *SETS]), "--multipliers=1,2",
+         "--ppl_multipliers=1,2", "--samples=3", "--samples_16m=2", "--length_16m=500",
+         "--ppl_windows=2", f"--heldout={heldout_texts(tmp_path / 'manuals')}"]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   res = json.loads((workdir / "results.json").read_text())
   assert res["train_length"] == 120
-  rows = {(r["model"], r["length"], r["samples"]): r for r in res["passkey"]}
-  assert set(rows) == {("drt", 120, 3), ("drt", 240, 3), ("drt", 480, 2)}  # 500 -> 4 x 120
+  rows = {(r["haystack"], r["length"], r["samples"]): r for r in res["passkey"]}
+  assert set(rows) == {(h, n, k) for h in ("validation", "manuals")  # 500 -> 4 x 120
+                       for n, k in ((120, 3), (240, 3), (480, 2))}
   for r in res["passkey"]:
     assert 0.0 <= r["ci95_low"] <= r["accuracy"] <= 1.0 and r["hits"] == round(r["accuracy"] * r["samples"])
-  assert {(r["model"], r["length"]) for r in res["ppl"]} == {("drt", 120), ("drt", 240)}
+  assert {(r["haystack"], r["length"]) for r in res["ppl"]} == {
+      (h, n) for h in ("validation", "manuals") for n in (120, 240)}
+  assert all(r["ppl_change_pct"] == 0.0 for r in res["ppl"] if r["length"] == 120)
   assert set(res["timings_seconds"]) == {"single", "16m"} and res["peak_rss_gb"]["16m"] > 0.1
-  assert "| run | variant | length |" in (workdir / "results.md").read_text()
+  md = (workdir / "results.md").read_text()
+  assert "| run | variant | haystack | length |" in md and "manuals (unseen)" in md
   # invalid stage: clear error, exit 2, nothing written
   bad = subprocess.run([sys.executable, "-m", "experiments.replicate", f"--workdir={tmp_path / 'x'}",
                         "--stages=single,bogus"], cwd=REPO, env=env, capture_output=True, text=True)

