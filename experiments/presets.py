@@ -19,6 +19,9 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "paper_drt_x2": ModelConfig(**{**PAPER_DRT_128M.__dict__, "upper_layers": (3, 3)}),
     # the sliding-window base: 12 layers, window 512, ALiBi, same blocks
     "paper_base_12l": ModelConfig(**{**PAPER_DRT_128M.__dict__, "model_type": "sliding_window"}),
+    # the "+2 layers" base: as many decoder layers as DRT runs (6 lower + 6 upper + 2 encoder)
+    "paper_base_14l": ModelConfig(**{**PAPER_DRT_128M.__dict__, "model_type": "sliding_window",
+                                     "lower_layers": 8}),
     "paper_full_12l": ModelConfig(**{**PAPER_DRT_128M.__dict__, "model_type": "full_attention"}),
     "tiny_cpu": ModelConfig(),
     "tiny_cpu_sliding_window": ModelConfig(model_type="sliding_window"),

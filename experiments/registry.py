@@ -175,6 +175,12 @@ def paper_base_12l() -> Experiment:
 
 
 @register
+def paper_base_14l() -> Experiment:
+  """The "+2 layers" sliding-window base: 14 layers, as many as DRT's lower + upper + encoder."""
+  return _paper(model_preset("paper_base_14l"))
+
+
+@register
 def paper_niah_16k() -> Experiment:
   """The paper's NIAH training at 16384 tokens with 64-token chunks (vanilla softmax).
 

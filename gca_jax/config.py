@@ -148,7 +148,8 @@ class ExecutionConfig:
   gca_block_sizes: str = ""  # kernel tiles, "field=value,...", over the chip's defaults
   remat: bool = False  # recompute each layer in the backward pass
   attn_block: int = 0  # query block of blocked self-attention; 0 picks one from the window
-  retrieval_block: int = 0  # key chunks per block of retrieval scoring; 0: all at once
+  retrieval_block: int = 64  # chunks per block of retrieval scoring (causal blocks only); 0: all at once
+  ce_block: int = 2048  # tokens per block of the training cross-entropy ([B, block, V] logits at a time); 0: one block
 
   def __post_init__(self):
     c = "ExecutionConfig"
@@ -156,7 +157,7 @@ class ExecutionConfig:
       _fail(c, "gca_impl", self.gca_impl, f"use one of {GCA_IMPLS}")
     if self.gca_platform not in GCA_PLATFORMS:
       _fail(c, "gca_platform", self.gca_platform, "use '' (the backend's), 'tpu' or 'gpu'")
-    for name in ("attn_block", "retrieval_block"):
+    for name in ("attn_block", "retrieval_block", "ce_block"):
       v = getattr(self, name)
       if not isinstance(v, int) or isinstance(v, bool) or v < 0:
         _fail(c, name, v, "must be 0 (automatic) or a positive block size")

@@ -2,12 +2,14 @@
 
   JAX_PLATFORMS=cpu python -m launch.aot --experiment=paper_drt_128m --topology=v5e:4x4 \
       [--seq_len=16380] [--batch=32] [--mesh=data=1,fsdp=-1,tensor=1] [--remat=both] \
-      [--gca_impl=xla|pallas] [--out=PATH]
+      [--gca_impl=xla|pallas] [--execution=ce_block=2048,...] [--out=PATH] [--costs_out=PATH]
 
 Params and optimizer state are built abstractly (``nnx.eval_shape`` / ``jax.eval_shape``); no
 weight or activation is materialised. Prints per-chip memory (XLA's memory analysis against the
 chip's HBM) and XLA's cost estimate, writes JSON to
-``benchmarks/results/aot_<experiment>_<topology>.json`` and exits 1 when a variant does not fit.
+``benchmarks/results/aot_<experiment>_<topology>.json``, merges one row per variant into the
+step-cost table ``benchmarks/results/aot_step_costs.json`` (flops, bytes, a roofline time
+estimate, memory, and each model's estimate over the bases'), and exits 1 when no variant fits.
 Unlike the rest of ``launch``, this module imports jax.
 """
 
@@ -30,7 +32,8 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from gca_jax import parallel  # noqa: E402
-from gca_jax.config import ConfigError, ExecutionConfig, MeshConfig, ModelConfig, OptimConfig  # noqa: E402
+from gca_jax.config import (ConfigError, ExecutionConfig, Experiment, MeshConfig, ModelConfig,  # noqa: E402
+                            OptimConfig, apply_overrides)
 from gca_jax.model import build_model  # noqa: E402
 from gca_jax.train.optim import lr_schedule, make_optimizer  # noqa: E402
 from gca_jax.train.step import TrainState, make_train_step  # noqa: E402
@@ -38,6 +41,11 @@ from gca_jax.train.step import TrainState, make_train_step  # noqa: E402
 GiB = 1024 ** 3
 # HBM per chip by topology prefix.
 HBM_BYTES = {"v4": 32 * GiB, "v5e": 16 * GiB, "v5litepod": 16 * GiB, "v5p": 95 * GiB, "v6e": 32 * GiB}
+# Dense bf16 peak (flop/s) and HBM bandwidth (bytes/s) per chip (Google Cloud TPU system
+# architecture pages), for the roofline estimate of a step.
+PEAKS = {"v4": (275e12, 1228e9), "v5e": (197e12, 819e9), "v5litepod": (197e12, 819e9),
+         "v5p": (459e12, 2765e9), "v6e": (918e12, 1640e9)}
+COSTS_OUT = "benchmarks/results/aot_step_costs.json"
 
 
 class DoesNotFit(RuntimeError):
@@ -143,7 +151,7 @@ def compile_train_step(run: Run, topology: str) -> dict:
   rec = dict(topology=topology, device_kind=devices[0].device_kind, chips=len(devices),
              mesh=dict(mesh.shape), seq_len=run.seq_len, global_batch=run.batch, remat=run.execution.remat,
              gca_impl=run.execution.gca_impl, dtype=run.model.dtype, param_dtype=run.model.param_dtype,
-             hbm_bytes=hbm)
+             hbm_bytes=hbm, execution=dataclasses.asdict(run.execution))
   if run.batch % (mesh.shape["data"] * mesh.shape["fsdp"]):
     raise ConfigError(f"--batch={run.batch} must divide over data*fsdp="
                       f"{mesh.shape['data'] * mesh.shape['fsdp']} chips")
@@ -194,6 +202,50 @@ def describe(rec: dict) -> str:
           f"accessed; compile {rec['compile_s']} s")
 
 
+def cost_row(experiment: str, rec: dict) -> dict:
+  """The step-cost row of one compiled variant: XLA's per-chip flops and bytes, the roofline
+  estimate ``max(flops / peak, bytes / HBM bandwidth)`` (modeled, not measured), and memory."""
+  peak, bw = PEAKS[rec["topology"].split(":")[0].lower()]
+  cost, mem = rec.get("cost", {}), rec.get("memory", {})
+  flops, nbytes = cost.get("flops"), cost.get("bytes accessed")
+  est = None if flops is None else max(flops / peak, nbytes / bw)
+  return dict(experiment=experiment, topology=rec["topology"], chips=rec["chips"], mesh=rec["mesh"],
+              global_batch=rec["global_batch"], seq_len=rec["seq_len"], remat=rec["remat"],
+              flops=flops, bytes=nbytes, est_seconds=est,
+              est_compute_s=None if flops is None else flops / peak,
+              est_memory_s=None if nbytes is None else nbytes / bw,
+              hbm_gib_per_chip=mem.get("total", 0) / GiB if mem else None, fits=bool(rec.get("fits")))
+
+
+def record_costs(path: str, rows: list[dict], versions: dict) -> dict:
+  """Merges ``rows`` into the step-cost table at ``path`` (one row per experiment, topology,
+  batch, length and remat) and recomputes each model's estimate over the bases'."""
+  table = {"rows": []}
+  if os.path.exists(path):
+    with open(path) as f:
+      table = json.load(f)
+  ident = lambda r: (r["experiment"], r["topology"], r["global_batch"], r["seq_len"], r["remat"])
+  new = {ident(r) for r in rows}
+  table["rows"] = [r for r in table["rows"] if ident(r) not in new] + rows
+  table["rows"].sort(key=lambda r: (r["topology"], r["global_batch"], r["experiment"], r["remat"]))
+  ratios = {}
+  for r in table["rows"]:
+    for base in ("paper_base_14l", "paper_base_12l"):
+      b = [x for x in table["rows"] if x["experiment"] == base and ident(x)[1:] == ident(r)[1:]]
+      if r["experiment"] != base and b and r["est_seconds"] and b[0]["est_seconds"]:
+        key = f"{r['experiment']} / {base} @ {r['topology']} batch {r['global_batch']} remat {r['remat']}"
+        ratios[key] = dict(est_seconds=r["est_seconds"] / b[0]["est_seconds"], flops=r["flops"] / b[0]["flops"])
+  table.update(what="Per-chip cost of the sharded train step, AOT-compiled for TPU topologies on a CPU host "
+                    "(XLA cost and memory analysis; est_seconds is a roofline model, not a measurement)",
+               peaks={k: dict(peak_bf16_flops=v[0], hbm_bytes_per_s=v[1]) for k, v in PEAKS.items()},
+               versions=versions, ratios=ratios)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(table, f, indent=1)
+  os.replace(path + ".tmp", path)
+  return table
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--experiment", required=True)
@@ -204,6 +256,8 @@ def main(argv=None) -> int:
   ap.add_argument("--remat", choices=("off", "on", "both"), default="both")
   ap.add_argument("--gca_impl", choices=("xla", "pallas"), default="xla")
   ap.add_argument("--out", default=None)
+  ap.add_argument("--execution", default="", help="ExecutionConfig overrides, e.g. ce_block=1024,retrieval_block=0")
+  ap.add_argument("--costs_out", default=COSTS_OUT, help="step-cost table to merge rows into ('' skips)")
   args = ap.parse_args(argv)
   try:
     import libtpu  # noqa: F401
@@ -218,9 +272,15 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   remats = {"off": (False,), "on": (True,), "both": (False, True)}[args.remat]
+  try:
+    base_exec = apply_overrides(Experiment(execution=base.execution),
+                                [f"execution.{x}" for x in args.execution.split(",") if x]).execution
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   results, failed = [], []
   for remat in remats:
-    execution = dataclasses.replace(base.execution, remat=remat, gca_impl=args.gca_impl)
+    execution = dataclasses.replace(base_exec, remat=remat, gca_impl=args.gca_impl)
     try:
       rec = compile_train_step(dataclasses.replace(base, execution=execution), args.topology)
     except DoesNotFit as e:
@@ -241,6 +301,9 @@ def main(argv=None) -> int:
   with open(out, "w") as f:
     json.dump(report, f, indent=2)
   print(f"wrote {out}")
+  if args.costs_out:
+    table = record_costs(args.costs_out, [cost_row(args.experiment, r) for r in results], report["versions"])
+    print(f"wrote {args.costs_out}: " + "; ".join(f"{k}: {v['est_seconds']:.3f}x" for k, v in table["ratios"].items()))
   if len(failed) == len(results):
     print("error: " + "; ".join(failed), file=sys.stderr)
     return 1

@@ -60,3 +60,24 @@ def test_bad_inputs_are_config_errors():
     aot.parse_mesh("data=2,pipeline=2")
   with pytest.raises(ConfigError, match="batch"):
     aot.compile_train_step(_run(batch=3), "v5e:2x2")
+
+
+def test_cost_rows_and_ratios_by_hand(tmp_path):
+  """The step-cost row is the roofline max(flops / peak, bytes / bandwidth) of v5e's published
+  figures, and the table divides each model's estimate by the base's at the same shape."""
+  from launch import aot
+  rec = dict(topology="v5e:4x4", chips=16, mesh={"fsdp": 16}, global_batch=32, seq_len=16380, remat=True,
+             cost={"flops": 197e12 * 2.0, "bytes accessed": 819e9 * 3.0}, memory={"total": 8 * 2 ** 30}, fits=True)
+  row = aot.cost_row("paper_drt_128m", rec)
+  assert row["est_seconds"] == pytest.approx(3.0) and row["est_compute_s"] == pytest.approx(2.0)
+  assert row["hbm_gib_per_chip"] == pytest.approx(8.0) and row["fits"]
+  base = aot.cost_row("paper_base_14l", dict(rec, cost={"flops": 197e12, "bytes accessed": 819e9 * 2.5}))
+  path = str(tmp_path / "costs.json")
+  aot.record_costs(path, [base], {})
+  table = aot.record_costs(path, [row], {})
+  assert len(table["rows"]) == 2
+  (key, ratio), = table["ratios"].items()
+  assert key.startswith("paper_drt_128m / paper_base_14l @ v5e:4x4 batch 32")
+  assert ratio["est_seconds"] == pytest.approx(3.0 / 2.5) and ratio["flops"] == pytest.approx(2.0)
+  again = aot.record_costs(path, [dict(row, flops=1.0)], {})  # same identity: replaced, not added
+  assert len(again["rows"]) == 2

@@ -151,3 +151,90 @@ def test_retriever_gets_gradient_through_weights():
 
   g = jax.jit(jax.grad(loss))(params)
   assert float(jnp.abs(g["lmk_norms"][0]["scale"][...]).max()) > 0
+
+
+def _np_fmix(x):
+  x = x ^ (x >> np.uint32(16))
+  x = x * np.uint32(0x85EBCA6B)
+  x = x ^ (x >> np.uint32(13))
+  x = x * np.uint32(0xC2B2AE35)
+  return x ^ (x >> np.uint32(16))
+
+
+def _np_gumbel(seed, b, n, m):
+  """The documented counter hash in numpy uint32 arithmetic, Gumbel in float64: [b, n, m]."""
+  with np.errstate(over="ignore"):
+    bi, ci, ei = (np.arange(s, dtype=np.uint32) for s in (b, n, m))
+    row = _np_fmix(bi[:, None, None] * np.uint32(0x9E3779B9) ^ seed[0])
+    row = _np_fmix(row ^ (ci[None, :, None] * np.uint32(0x7FEB352D) + seed[1]))
+    bits = _np_fmix(row ^ (ei[None, None, :] * np.uint32(0x846CA68B)))
+  u = ((bits >> np.uint32(8)).astype(np.float64) + 0.5) * 2.0 ** -24
+  return -np.log(-np.log(u))
+
+
+@pytest.mark.parametrize("block", [0, 3, 4, 16])
+def test_noisy_picks_match_numpy_for_every_blocking(block):
+  """Training picks (Gumbel noise on) equal the numpy top-k of score + noise over e < c, with
+  the noise of each (row, c, e) from the counter hash: dense, blocks that do not divide the 11
+  chunks, and a block larger than the sequence all pick the same chunks."""
+  from gca_jax.model.retrieval import noise_seed
+  q, keys = _qk(3, b=2, n=11, d=8)
+  key = jax.random.PRNGKey(7)
+  noisy = _np_scores(q, keys) + _np_gumbel(np.asarray(noise_seed(key)), 2, 11, 11)
+  idx, w, valid = map(np.asarray, select_chunks(jnp.asarray(q), jnp.asarray(keys), 4, block=block, noise_key=key))
+  for b in range(2):
+    for c in range(11):
+      want = np.argsort(-noisy[b, c, :c])[:4]
+      assert sorted(idx[b, c][valid[b, c]].tolist()) == sorted(want.tolist()), (b, c)
+
+
+def test_gumbel_noise_is_standard_gumbel():
+  """Moments of the hashed noise: mean = Euler's gamma, variance = pi^2 / 6, and distinct
+  seeds / rows / keys decorrelated."""
+  from gca_jax.model.retrieval import gumbel_noise, noise_seed
+  seed = noise_seed(jax.random.PRNGKey(0))
+  g = np.asarray(gumbel_noise(seed, jnp.arange(4)[:, None, None], jnp.arange(256)[None, :, None],
+                              jnp.arange(256)[None, None, :]), np.float64)
+  assert abs(g.mean() - 0.5772156649) < 0.01 and abs(g.var() - np.pi ** 2 / 6) < 0.03
+  assert abs(np.corrcoef(g[0].ravel(), g[1].ravel())[0, 1]) < 0.01
+  assert abs(np.corrcoef(g[0, :-1].ravel(), g[0, 1:].ravel())[0, 1]) < 0.01
+  other = np.asarray(gumbel_noise(noise_seed(jax.random.PRNGKey(1)), 0, jnp.arange(256)[:, None],
+                                  jnp.arange(256)[None, :]))
+  assert abs(np.corrcoef(g[0].ravel(), other.ravel())[0, 1]) < 0.01
+
+
+def _all_shapes(jaxpr):
+  for eqn in jaxpr.eqns:
+    for v in eqn.outvars:
+      yield tuple(getattr(v.aval, "shape", ()))
+    for val in eqn.params.values():
+      for sub in val if isinstance(val, (tuple, list)) else (val,):
+        sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
+        if hasattr(sub, "eqns"):
+          yield from _all_shapes(sub)
+
+
+def test_blocked_scoring_never_builds_the_full_score_matrix():
+  """With a block, no intermediate of the picks holds n x M scores: memory O(n * block)."""
+  from gca_jax.model.retrieval import top_chunks
+  n, block = 64, 8
+  q = jnp.ones((1, n, 8))
+  jaxpr = jax.make_jaxpr(lambda q, k: top_chunks(q, k, 3, block=block, noise_key=jax.random.PRNGKey(0)))(q, q)
+  biggest = max(int(np.prod(s)) for s in _all_shapes(jaxpr.jaxpr))
+  assert biggest <= n * 8 * 2, biggest  # q and keys themselves; the score blocks are block x block
+  dense = jax.make_jaxpr(lambda q, k: top_chunks(q, k, 3, noise_key=jax.random.PRNGKey(0)))(q, q)
+  assert max(int(np.prod(s)) for s in _all_shapes(dense.jaxpr)) >= n * n  # the check can fail
+
+
+def test_model_training_picks_do_not_depend_on_the_retrieval_block():
+  """DRT with Gumbel noise in training: dense and blocked retrieval give the same picks and
+  weights for the same key (blocking is an execution setting, not a change of model)."""
+  from gca_jax.config import ExecutionConfig
+  toks = jax.random.randint(jax.random.PRNGKey(4), (2, 13 * 4), 1, 60)
+  outs = []
+  for block in (0, 3):
+    model = DRT(TINY, rngs=nnx.Rngs(0), execution=ExecutionConfig(retrieval_block=block))
+    outs.append(model.forward(toks, train=True, rngs=jax.random.PRNGKey(5))["retrieval"])
+  for (i0, w0), (i1, w1) in zip(*outs):
+    np.testing.assert_array_equal(np.sort(np.asarray(i0), -1), np.sort(np.asarray(i1), -1))
+    np.testing.assert_allclose(np.sort(np.asarray(w0), -1), np.sort(np.asarray(w1), -1), rtol=1e-6)

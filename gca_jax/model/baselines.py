@@ -24,13 +24,14 @@ class _DecoderLM(LanguageModel):
     self.layers = nnx.List([DecoderLayer(cfg, self.kind, rngs, self.run) for _ in range(cfg.num_layers)])
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg)
 
-  def forward(self, tokens: Int[Array, "B T"], *, train: bool = False, rngs=None) -> dict:
+  def forward(self, tokens: Int[Array, "B T"], *, train: bool = False, rngs=None,
+              return_hidden: bool = False) -> dict:
     del train, rngs  # deterministic: no dropout, no retrieval noise
     tokens = self._ids(tokens)
     h = constrain(self.embed(jnp.where(tokens < 0, self.cfg.pad_id, tokens).astype(jnp.int32)), "batch", None, None)
     for layer in self.layers:
       h = call_layer(layer, self.run.remat, h)
-    return {"logits": self.head(h), "retrieval": []}
+    return self.output(h, [], return_hidden)
 
 
 class SlidingWindowLM(_DecoderLM):

@@ -43,8 +43,18 @@ class LanguageModel(nnx.Module):
 
   def head(self, h: Float[Array, "... D"]) -> Float[Array, "... V"]:
     """Final norm + tied LM head (float32 logits)."""
-    logits = self.embed.attend(constrain(self.final_norm(h), "batch", None, None))
+    logits = self.embed.attend(self.head_input(h))
     return constrain(logits, "batch", None, "vocab") if logits.ndim == 3 else logits
+
+  def head_input(self, h: Float[Array, "... D"]) -> Float[Array, "... D"]:
+    """What the tied head multiplies by the embedding table: the final-normed hidden state
+    (a blocked cross-entropy takes it with ``embed.table`` instead of whole logits)."""
+    return constrain(self.final_norm(h), "batch", None, None)
+
+  def output(self, h: Float[Array, "B T D"], retrieval: list, return_hidden: bool) -> dict:
+    """``forward``'s result: logits, or with ``return_hidden`` the pre-norm hidden states."""
+    key, value = ("hidden", h) if return_hidden else ("logits", self.head(h))
+    return {key: value, "retrieval": retrieval}
 
   def __call__(self, tokens: Int[Array, "B T"], *, train: bool = False, rngs=None) -> Float[Array, "B T V"]:
     return self.forward(tokens, train=train, rngs=rngs)["logits"]
@@ -97,8 +107,10 @@ class DRT(LanguageModel):
     idx, w, _ = select_chunks(q, lmk_keys, self.cfg.top_k, c0=c0, block=block, noise_key=noise_key)
     return idx, w
 
-  def forward(self, tokens: Int[Array, "B T"], *, train: bool = False, rngs=None) -> dict:
-    """Logits [B, T, V] (float32) plus each group's retrieval (idx, w) made at the landmarks."""
+  def forward(self, tokens: Int[Array, "B T"], *, train: bool = False, rngs=None,
+              return_hidden: bool = False) -> dict:
+    """Logits [B, T, V] (float32), or ``hidden`` [B, T, D] before the final norm when
+    ``return_hidden``, plus each group's retrieval (idx, w) made at the landmarks."""
     cfg, remat = self.cfg, self.run.remat
     tokens = self._ids(tokens)
     length = tokens.shape[1]
@@ -117,5 +129,4 @@ class DRT(LanguageModel):
       idx_used, w_used = serve_next_chunk(idx, w)  # [B, C-1, K]: empty for a single chunk
       for layer in layers:
         h = call_layer(layer, remat, h, k_mem, v_mem, idx_used, w_used)
-    h = remove_landmarks(h, cfg.chunk_size, length)
-    return {"logits": self.head(h), "retrieval": retrieval}
+    return self.output(remove_landmarks(h, cfg.chunk_size, length), retrieval, return_hidden)

@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from gca_jax.model.chunking import IGNORE
+from gca_jax.train.cross_entropy import blocked_cross_entropy
 from gca_jax.train.state import TrainState, abstract_train_state, init_state  # noqa: F401  (re-exported)
 
 
@@ -43,47 +44,57 @@ def retrieval_stats(retrieval) -> dict:
   return {"retrieval_entropy": jnp.mean(jnp.stack(ent)), "retrieval_distance": jnp.mean(jnp.stack(dist))}
 
 
-def loss_fn(params, graphdef, batch: dict, rng, *, train: bool, answer_loss_weight: float = 0.0):
-  """Weighted mean next-token cross-entropy and auxiliary metrics."""
+def loss_fn(params, graphdef, batch: dict, rng, *, train: bool, answer_loss_weight: float = 0.0,
+            denom=None):
+  """Weighted next-token cross-entropy ``sum(w * nll) / denom`` and auxiliary metrics.
+
+  ``denom`` defaults to the batch's total weight (a weighted mean); gradient accumulation
+  passes the whole batch's, so the micro-batch losses add up to the full-batch objective. The
+  head runs in blocks of ``execution.ce_block`` positions (``blocked_cross_entropy``)."""
   model = nnx.merge(graphdef, params)
   tokens = batch["tokens"]
-  out = model.forward(tokens, train=train, rngs=rng)
-  logits = out["logits"][:, :-1]
-  targets = jnp.maximum(tokens[:, 1:], 0)
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  out = model.forward(tokens, train=train, rngs=rng, return_hidden=True)
   w = token_weights(batch, answer_loss_weight)
-  loss = jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
+  wsum, nll = blocked_cross_entropy(model.head_input(out["hidden"][:, :-1]), model.embed.table[...],
+                                    jnp.maximum(tokens[:, 1:], 0), w, block=model.run.ce_block)
+  loss = wsum / (jnp.maximum(jnp.sum(w), 1.0) if denom is None else denom)
   lm_w = token_weights(batch, 0.0)
   aux = {"nll_sum": jnp.sum(nll * lm_w), "tokens": jnp.sum(lm_w), **retrieval_stats(out["retrieval"])}
   return loss, aux
 
 
+SUMMED = ("nll_sum", "tokens")  # metrics that add over micro-batches (the others are averaged)
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule=None, *, grad_accum: int = 1,
                     answer_loss_weight: float = 0.0):
-  """The pure train step; ``grad_accum`` > 1 splits the batch into micro-batches (one update)."""
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  """The pure train step; ``grad_accum`` > 1 splits the batch into micro-batches (one update).
 
-  def micro(params, batch, rng):
-    (loss, aux), grads = grad_fn(params, graphdef, batch, rng, train=True, answer_loss_weight=answer_loss_weight)
-    return loss, aux, grads
+  Every micro-batch's weighted NLL sum is divided by the whole batch's total weight, so the
+  update does not depend on ``grad_accum`` even with uneven masks or answer weights."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def train_step(state: TrainState, batch: dict):
     rng, step_rng = jax.random.split(state.rng)
+    denom = jnp.maximum(jnp.sum(token_weights(batch, answer_loss_weight)), 1.0)
+
+    def micro(mb, key):
+      return grad_fn(state.params, graphdef, mb, key, train=True, answer_loss_weight=answer_loss_weight,
+                     denom=denom)
+
     if grad_accum == 1:
-      loss, aux, grads = micro(state.params, batch, step_rng)
+      (loss, aux), grads = micro(batch, step_rng)
     else:
       split = jax.tree_util.tree_map(lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
 
       def body(carry, xs):
         mb, i = xs
-        l, a, g = micro(state.params, mb, jax.random.fold_in(step_rng, i))
-        return jax.tree_util.tree_map(jnp.add, carry, (l, a, g)), None
+        (l, a), g = micro(mb, jax.random.fold_in(step_rng, i))
+        return jax.tree_util.tree_map(jnp.add, carry, (l, g)), a
 
-      zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(
-          lambda: micro(state.params, jax.tree_util.tree_map(lambda x: x[0], split), step_rng)))
-      (loss, aux, grads), _ = jax.lax.scan(body, zeros, (split, jnp.arange(grad_accum)))
-      loss, grads = loss / grad_accum, jax.tree_util.tree_map(lambda g: g / grad_accum, grads)
-      aux = {k: (v if k in ("nll_sum", "tokens") else v / grad_accum) for k, v in aux.items()}
+      zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, state.params))
+      (loss, grads), auxs = jax.lax.scan(body, zeros, (split, jnp.arange(grad_accum)))
+      aux = {k: jnp.sum(v, 0) if k in SUMMED else jnp.mean(v, 0) for k, v in auxs.items()}
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
