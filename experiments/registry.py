@@ -310,3 +310,66 @@ def demo_ablation() -> list[tuple[str, list[str]]]:
           ("demo_drt-topk4", ["model.top_k=4"]),
           ("demo_drt-chunk16", chunk(16)),
           ("demo_drt-chunk32", chunk(32))]
+
+
+# ------------------------------------------- language modelling, equal size (make replicate lm)
+
+LM_CORPUS = "books_manuals"  # the demo's training text; the python_docs family stays unseen
+LM_SEQ_LEN = 512
+LM_STEPS = 500
+# Baselines of the DRT's size: 4 decoder layers with SwiGLU 150 give 246,848 parameters against
+# the demo DRT's 246,592 (2 lower + 1 encoder + 1 upper layer, GCA and chunk memory).
+LM_BASE_MODEL = dataclasses.replace(DEMO_MODEL, lower_layers=3, upper_layers=(1,), mlp_dim=150)
+
+
+def _lm(model: ModelConfig) -> Experiment:
+  """Plain next-token training (no needles, no answer weight) on 512-token windows, batch 8."""
+  return Experiment(
+      model=model,
+      data=DataConfig(corpus=LM_CORPUS, vocab_size=DEMO_VOCAB, seq_len=LM_SEQ_LEN, batch_size=8,
+                      num_threads=1, prefetch=4),
+      optim=OptimConfig(lr=2e-3, min_lr=2e-4, warmup_steps=50),
+      checkpoint=CheckpointConfig(every=250, keep=2),
+      train=TrainConfig(steps=LM_STEPS, log_every=50, eval_every=0, eval_batches=0))
+
+
+@register
+def lm_drt() -> Experiment:
+  """``make replicate`` lm: the demo DRT trained as a plain language model."""
+  return _lm(DEMO_MODEL)
+
+
+@register
+def lm_sliding_window() -> Experiment:
+  """lm baseline: 4 sliding-window ALiBi layers (window 32), the DRT's parameter count."""
+  return _lm(dataclasses.replace(LM_BASE_MODEL, model_type="sliding_window"))
+
+
+@register
+def lm_full_attention() -> Experiment:
+  """lm baseline: 4 full-attention ALiBi layers, the DRT's parameter count."""
+  return _lm(dataclasses.replace(LM_BASE_MODEL, model_type="full_attention"))
+
+
+@register
+def lm_full_attention_rope() -> Experiment:
+  """lm baseline: 4 full-attention RoPE layers (no ALiBi), the DRT's parameter count."""
+  return _lm(dataclasses.replace(LM_BASE_MODEL, model_type="full_attention_rope"))
+
+
+# ------------------------------------------------- 2-hop with room to retrieve (make replicate 2hop)
+
+@register_sweep(base="demo_drt")
+def demo_2hop_top8() -> list[tuple[str, list[str]]]:
+  """2-hop passkey, 1 vs 2 retrieval groups, with top-8 picks and 240-token windows (16 chunks).
+
+  The second group's query at the question's landmark holds what the first group read there,
+  and that came from picks made one landmark earlier, before the question: those picks must
+  already hold the first needle, so they have to cover every needle chunk (4 needles of 19
+  tokens straddle up to 9 chunks of 15). 240 tokens leave filler chunks to tell needles from
+  text; batch 16 keeps the demo's tokens per step.
+  """
+  hop = ["data.passkey=multihop", "data.passkey_tokens=5", "model.top_k=8", "data.seq_len=240",
+         "data.batch_size=16"]
+  return [("demo_drt-2hop-top8-groups1", [*hop, "model.upper_layers=1"]),
+          ("demo_drt-2hop-top8-groups2", [*hop, "model.upper_layers=1,1"])]

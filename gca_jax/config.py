@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-MODEL_TYPES = ("drt", "sliding_window", "full_attention")
+MODEL_TYPES = ("drt", "sliding_window", "full_attention", "full_attention_rope")
+# Full causal attention: ALiBi (the paper's kind of base) or RoPE at absolute positions 0..L-1.
+FULL_ATTENTION_TYPES = ("full_attention", "full_attention_rope")
 DTYPES = ("float32", "bfloat16", "float16")
 GCA_IMPLS = ("xla", "pallas", "auto")
 GCA_PLATFORMS = ("", "tpu", "gpu")
@@ -108,7 +110,7 @@ class ModelConfig:
       _fail(c, "landmark_id", self.landmark_id, f"must be -1 (last id) or in [0, {self.vocab_size})")
     if self.norm_eps <= 0 or self.encoder_norm_eps <= 0:
       _fail(c, "norm_eps", (self.norm_eps, self.encoder_norm_eps), "norm epsilons must be > 0")
-    if self.model_type == "full_attention":
+    if self.model_type in FULL_ATTENTION_TYPES:
       return
     if not isinstance(self.window, int) or self.window < 1:
       _fail(c, "window", self.window, "must be a positive integer number of positions")

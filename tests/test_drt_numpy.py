@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from gca_jax.config import ModelConfig
-from gca_jax.model import DRT, FullAttentionLM, SlidingWindowLM
+from gca_jax.model import DRT, FullAttentionLM, FullAttentionRoPELM, SlidingWindowLM
 
 BASE = ModelConfig(
     model_type="drt", vocab_size=64, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=48,
@@ -203,12 +203,14 @@ def np_drt(tokens, wts, cfg):
   return rms(h, wts["final_norm"]["scale"], cfg.norm_eps) @ table.T, all_picks
 
 
-def np_decoder_lm(tokens, wts, cfg, window):
-  """Float64 baseline: no landmarks; causal (windowed or full) ALiBi attention."""
+def np_decoder_lm(tokens, wts, cfg, window, *, rope=False):
+  """Float64 baseline: no landmarks; causal (windowed or full) ALiBi attention, or with
+  ``rope`` full causal attention with RoPE at absolute positions 0..L-1 and no ALiBi."""
   h = wts["embed"]["table"][np.asarray(tokens)]
   mask = causal_mask(h.shape[1], window)
+  theta = cfg.rope_theta if rope else None
   for p in _seq(wts["layers"]):
-    h = decoder_layer(h, p, cfg, mask, cfg.norm_eps)
+    h = decoder_layer(h, p, cfg, mask, cfg.norm_eps, alibi=not rope, theta=theta)
   return rms(h, wts["final_norm"]["scale"], cfg.norm_eps) @ wts["embed"]["table"].T
 
 
@@ -304,3 +306,18 @@ def test_baselines_match_numpy(cls, window):
   got = _forward(model, jnp.asarray(tokens))["logits"]
   assert got.dtype == jnp.float32 and got.shape == (2, 23, cfg.vocab_size)
   _close(got, ref, 1e-4, cls.__name__)
+
+
+def test_full_attention_rope_matches_numpy():
+  """The RoPE full-attention baseline equals the numpy decoder with RoPE at absolute positions
+  and no ALiBi, and differs from the ALiBi decoder with the same weights."""
+  cfg = dataclasses.replace(BASE, model_type="full_attention_rope", rope_theta=50.0)
+  model = _model(FullAttentionRoPELM, cfg, seed=5)
+  tokens = _tokens(6, 2, 29, cfg)
+  wts = _weights(model)
+  ref = np_decoder_lm(tokens, wts, cfg, None, rope=True)
+  got = _forward(model, jnp.asarray(tokens))["logits"]
+  _close(got, ref, 1e-4, "FullAttentionRoPELM")
+  alibi = np_decoder_lm(tokens, wts, cfg, None)
+  assert np.abs(ref - alibi).max() > 1e-2 * np.abs(ref).max()
+

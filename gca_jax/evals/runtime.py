@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from gca_jax.config import FULL_ATTENTION_TYPES
+
 GB = 1 << 30
 
 
@@ -17,7 +19,7 @@ def estimate_bytes(cfg, batch: int, length: int, segment_chunks: int) -> int:
   """A rough upper estimate of the peak memory of one evaluation batch at ``length`` tokens."""
   d, f32 = cfg.d_model, 4
   tokens = batch * length * 4 * 4
-  if cfg.model_type == "full_attention":
+  if cfg.model_type in FULL_ATTENTION_TYPES:
     acts = batch * length * d * f32 * (cfg.num_layers * 12 + 4)
     scores = batch * cfg.num_heads * min(256, length) * length * f32 * 3
     logits = batch * length * cfg.vocab_size * f32 * 2
@@ -37,7 +39,7 @@ def engine_for(model, engines: dict, length: int, segment_chunks: int, offload: 
   chunks up to ``segment_chunks``), cached per segment size; None for full attention."""
   from gca_jax.infer import Engine
   cfg = model.cfg
-  if cfg.model_type == "full_attention":
+  if cfg.model_type in FULL_ATTENTION_TYPES:
     return None
   seg = segment_for(cfg, length, segment_chunks)
   if seg not in engines:
@@ -56,7 +58,7 @@ def budget_reason(cfg, batch: int, length: int, segment_chunks: int, budget_gb: 
     kind = cfg.model_type
     return (f"{kind} at {length} tokens needs about {need / GB:.1f} GB (estimate) > budget "
             f"{budget_gb:g} GB" + (": full attention keeps O(L) activations and O(L^2) work"
-                                   if kind == "full_attention" else ""))
+                                   if kind in FULL_ATTENTION_TYPES else ""))
   return None
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from gca_jax.config import FULL_ATTENTION_TYPES
 from gca_jax.infer.kv_cache import empty_cache, roll
 from gca_jax.infer.memory import ChunkStore
 from gca_jax.infer.state import InferState
@@ -79,7 +80,7 @@ class Engine:
   def __init__(self, model, *, segment_chunks: int = 256, offload: bool = False,
                key_block: int = 4096, attn_block: int = 0):
     cfg = model.cfg
-    if cfg.model_type == "full_attention":
+    if cfg.model_type in FULL_ATTENTION_TYPES:
       raise ValueError("Engine supports DRT and sliding_window models; a full-attention model "
                        "has no bounded cache: call model.forward on the whole sequence")
     if segment_chunks < 1:

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int
 
+from gca_jax.config import FULL_ATTENTION_TYPES
 from gca_jax.infer.engine import Engine
 
 
@@ -42,7 +43,7 @@ def generate(model, prompt: Int[Array, "B T"], max_new_tokens: int, *, temperatu
     raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
   if temperature > 0 and rng is None:
     raise ValueError("generate: sampling with temperature > 0 needs rng (a jax PRNG key)")
-  if model.cfg.model_type == "full_attention":
+  if model.cfg.model_type in FULL_ATTENTION_TYPES:
     return _generate_full(model, prompt, max_new_tokens, temperature, top_k, rng, squeeze)
   eng = engine or Engine(model, segment_chunks=segment_chunks, offload=offload)
   b, t = prompt.shape

@@ -5,10 +5,11 @@ from __future__ import annotations
 from flax import nnx
 
 from gca_jax.config import ExecutionConfig, ModelConfig
-from gca_jax.model.baselines import FullAttentionLM, SlidingWindowLM
+from gca_jax.model.baselines import FullAttentionLM, FullAttentionRoPELM, SlidingWindowLM
 from gca_jax.model.drt import DRT
 
-_MODELS = {"drt": DRT, "sliding_window": SlidingWindowLM, "full_attention": FullAttentionLM}
+_MODELS = {"drt": DRT, "sliding_window": SlidingWindowLM, "full_attention": FullAttentionLM,
+           "full_attention_rope": FullAttentionRoPELM}
 
 
 def build_model(config: ModelConfig, *, rngs: nnx.Rngs, execution: ExecutionConfig | None = None):
@@ -22,4 +23,4 @@ def count_params(model) -> int:
   return sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
 
 
-__all__ = ["DRT", "SlidingWindowLM", "FullAttentionLM", "build_model", "count_params"]
+__all__ = ["DRT", "SlidingWindowLM", "FullAttentionLM", "FullAttentionRoPELM", "build_model", "count_params"]

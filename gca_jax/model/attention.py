@@ -143,11 +143,12 @@ def chunk_bidirectional_attention(
 
 
 class SelfAttention(nnx.Module):
-  """Multi-head (GQA) self-attention; ``kind`` is "window", "full" or "chunk" (RoPE encoder)."""
+  """Multi-head (GQA) self-attention; ``kind`` is "window", "full" (both ALiBi), "full_rope"
+  (full causal, RoPE at absolute positions 0..L-1, no ALiBi) or "chunk" (RoPE encoder)."""
 
   def __init__(self, cfg: ModelConfig, kind: str, rngs: nnx.Rngs, run: ExecutionConfig):
-    if kind not in ("window", "full", "chunk"):
-      raise ValueError(f"SelfAttention kind={kind!r}: use 'window', 'full' or 'chunk'")
+    if kind not in ("window", "full", "full_rope", "chunk"):
+      raise ValueError(f"SelfAttention kind={kind!r}: use 'window', 'full', 'full_rope' or 'chunk'")
     self.kind = kind
     self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     self.window, self.block, self.rope_theta = cfg.window, run.attn_block, cfg.rope_theta
@@ -178,6 +179,9 @@ class SelfAttention(nnx.Module):
                                    cache=cache, pos0=pos0)
     elif self.kind == "full":
       o = full_causal_attention(q, k, v, slopes=slopes, block=block or 256)
+    elif self.kind == "full_rope":  # a whole sequence from position 0: rope's positions 0..L-1
+      o = full_causal_attention(rope(q, self.rope_theta), rope(k, self.rope_theta), v, slopes=None,
+                                block=block or 256)
     else:
       o = chunk_bidirectional_attention(rope(q, self.rope_theta), rope(k, self.rope_theta), v)
     return self.o(o.reshape(*lead, self.num_heads * self.head_dim)), (k, v)

@@ -1,5 +1,5 @@
-"""Baselines from the same blocks: sliding-window and full-attention decoders (ALiBi, no
-landmarks), with ``lower_layers + sum(upper_layers)`` layers."""
+"""Baselines from the same blocks: sliding-window and full-attention decoders (ALiBi, or RoPE
+for ``full_attention_rope``; no landmarks), with ``lower_layers + sum(upper_layers)`` layers."""
 
 from __future__ import annotations
 
@@ -44,3 +44,10 @@ class FullAttentionLM(_DecoderLM):
   """Full causal attention with ALiBi."""
 
   kind = "full"
+
+
+class FullAttentionRoPELM(_DecoderLM):
+  """Full causal attention with RoPE at absolute positions and no ALiBi: the classic baseline
+  whose perplexity blows up past the training length."""
+
+  kind = "full_rope"

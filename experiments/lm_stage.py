@@ -1,0 +1,140 @@
+"""``make replicate`` stage ``lm``: language modelling against equal-size baselines.
+
+No needles: the DRT and three baselines of its parameter count (``lm_*`` in
+``experiments/registry.py``: sliding window, full attention with ALiBi, full attention with
+RoPE) are trained on the same windows for the same steps, then scored on held-out text at
+``--lm_multipliers`` x the training length (all four models) and ``--lm_long_multipliers``
+(DRT and sliding window only: full attention is quadratic), on the training corpus's validation
+split and on the unseen family ``--heldout``. Every length of a model scores the same
+``span`` tokens (``--lm_windows`` windows at the longest length), so the rows differ only in
+how much context each window gives.
+
+Adds ``lm_ppl`` (rows ``{model, run, length, multiplier, ppl, haystack, ...}``), ``lm_models``
+(parameters, steps, training seconds per model) and ``lm_targets`` (the issue's comparisons)
+to the replicate results.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from absl import flags
+
+from experiments import demo
+
+LM_MULTIPLIERS = flags.DEFINE_string("lm_multipliers", "1,4,8",
+                                     "lm stage: perplexity lengths of every model (x training length).")
+LM_LONG_MULTIPLIERS = flags.DEFINE_string("lm_long_multipliers", "64",
+                                          "lm stage: further lengths for the DRT and sliding window.")
+LM_WINDOWS = flags.DEFINE_integer("lm_windows", 2, "lm stage: windows at the longest length; every "
+                                  "length scores the same tokens.")
+
+# model name in the rows -> registered experiment
+MODELS = {"drt": "lm_drt", "sliding_window": "lm_sliding_window",
+          "full_attention": "lm_full_attention", "full_attention_rope": "lm_full_attention_rope"}
+LONG = ("drt", "sliding_window")  # the models also scored at the long lengths
+
+
+def _at(rows: list[dict], model: str, haystack: str, mult: int) -> float | None:
+  for r in rows:
+    if (r["model"], r["haystack"], r["multiplier"]) == (model, haystack, mult) and not r.get("not_run"):
+      return r["ppl"]
+  return None
+
+
+def targets(rows: list[dict]) -> dict:
+  """Per haystack, the issue's comparisons: DRT vs sliding window and vs ALiBi full attention
+  at 1x, the DRT's change from 1x at its longest length, RoPE's 8x (longest) over its 1x."""
+  out = {}
+  for hay in sorted({r["haystack"] for r in rows}):
+    drt1, sw1, fa1 = (_at(rows, m, hay, 1) for m in ("drt", "sliding_window", "full_attention"))
+    longest = max((r["multiplier"] for r in rows if r["model"] == "drt" and r["haystack"] == hay),
+                  default=1)
+    rope = sorted(r["multiplier"] for r in rows if r["model"] == "full_attention_rope"
+                  and r["haystack"] == hay and not r.get("not_run"))
+    t = {}
+    if drt1 and sw1:
+      t["drt_1x_le_sliding_window"] = drt1 <= sw1
+    if drt1 and fa1:
+      t["drt_vs_full_attention_1x_pct"] = round(100 * (drt1 / fa1 - 1), 2)
+    drt_long = _at(rows, "drt", hay, longest)
+    if drt1 and drt_long:
+      t[f"drt_{longest}x_vs_1x_pct"] = round(100 * (drt_long / drt1 - 1), 2)
+    if len(rope) > 1 and rope[0] == 1:
+      r1, rl = _at(rows, "full_attention_rope", hay, 1), _at(rows, "full_attention_rope", hay, rope[-1])
+      t[f"rope_{rope[-1]}x_over_1x"] = round(rl / r1, 3)
+    out[hay] = t
+  return out
+
+
+def run_stage(workdir: str, overrides: list[str], cache, *, heldout: str, multipliers: list[int],
+              long_multipliers: list[int], windows: int) -> dict:
+  """Trains (or reuses) the four ``lm_*`` runs in ``workdir`` and scores them; the results'
+  ``lm_ppl``, ``lm_models`` and ``lm_targets``."""
+  from experiments.registry import get_experiment
+  from gca_jax.config import apply_overrides
+  from gca_jax.data import token_store, tokenizer
+  exps = {m: apply_overrides(get_experiment(e), list(overrides)) for m, e in MODELS.items()}
+  first = exps["drt"]
+  if any(e.data != first.data for e in exps.values()):
+    raise ValueError("the lm runs must train on the same data; overrides changed one of them")
+  demo.fetch(first)
+  tok = tokenizer.build_tokenizer(first.data.corpus, first.data.vocab_size, first.data.cache_dir,
+                                  log=demo._log)
+  store = token_store.token_store_for(first.data.corpus, tok, first.data.cache_dir,
+                                      first.data.val_fraction, log=demo._log)
+  hays = demo.haystacks(first, tok, store, heldout)
+  t = first.data.seq_len
+  span_mult = max([*multipliers, *long_multipliers])
+  rows, models = [], {}
+  for model, exp in exps.items():
+    run_dir = os.path.join(workdir, exp.name)
+    t0 = time.time()
+    summary = demo.train(exp, run_dir)
+    step = demo.trained_step(run_dir)
+    mults = sorted({*multipliers, *(long_multipliers if model in LONG else ())})
+    # the same span of tokens at every length: windows scaled to this model's longest length
+    nwin = windows * span_mult // max(mults)
+    state: dict = {}
+    t1 = time.time()
+    for name, hay in hays.items():
+      for r in demo.ppl_rows(model, exp, run_dir, step, cache, hay, mults, nwin, run=exp.name,
+                             state=state, haystack=name):
+        rows.append({**r, "model": model})
+    models[model] = {"run": exp.name, "parameters": summary.get("parameters"), "steps": step,
+                     "train_seconds": summary.get("wall_seconds"),
+                     "eval_seconds": round(time.time() - t1, 1),
+                     "stage_seconds": round(time.time() - t0, 1)}
+  rows = demo.with_ppl_change(rows)
+  return {"lm_ppl": rows, "lm_models": models, "lm_targets": targets(rows),
+          "lm_train_length": t, "lm_span_tokens": t * span_mult * windows}
+
+
+def run_from_flags(workdir: str, overrides: list[str], cache) -> dict:
+  return run_stage(workdir, overrides, cache, heldout=demo.HELDOUT.value,
+                   multipliers=demo._ints(LM_MULTIPLIERS.value),
+                   long_multipliers=demo._ints(LM_LONG_MULTIPLIERS.value), windows=LM_WINDOWS.value)
+
+
+def markdown(results: dict) -> str:
+  """The perplexity table of the lm stage (empty without it)."""
+  rows = results.get("lm_ppl")
+  if not rows:
+    return ""
+  t = results.get("lm_train_length", 1)
+  hays = sorted({r["haystack"] for r in rows}, key=lambda h: (h != demo.VALIDATION, h))
+  mults = sorted({r["multiplier"] for r in rows})
+  models = [m for m in MODELS if any(r["model"] == m for r in rows)]
+  params = {m: v.get("parameters") for m, v in results.get("lm_models", {}).items()}
+  head = ["model", "parameters", "haystack"] + [f"{m}x ({m * t:,})" for m in mults]
+  lines = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for m in models:
+    for h in hays:
+      cells = [m, f"{params.get(m) or 0:,}", demo.haystack_label(h)]
+      for x in mults:
+        r = next((r for r in rows if (r["model"], r["haystack"], r["multiplier"]) == (m, h, x)), None)
+        cells.append("" if r is None else "not run" if r.get("not_run") else
+                     f"{r['ppl']:.2f} ({r['ppl_change_pct']:+.1f}%)")
+      lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
