@@ -14,14 +14,15 @@ Stages (``--stages``, comma list):
 * ``16m``: single passkey at 2^24 tokens (rounded down to a multiple of the training length)
   with ``--samples_16m`` samples (default 10), on both haystacks. They are far shorter, so the
   haystack repeats (``gca_jax.evals.haystack.window`` wraps); the needle is unique.
-* ``2hop``: sweep ``demo_2hop_groups`` (2-hop passkey, 1 vs 2 retrieval groups), each trained
-  and evaluated at 1x..64x (``--samples`` per length up to 64x) on the 2-hop task (validation
-  split).
+* ``2hop``: sweep ``--hop_sweep`` (default ``demo_2hop_top8``; ``demo_2hop_groups`` is the demo's
+  top-3, 120-token one): 2-hop passkey, 1 vs 2 retrieval groups, each trained and evaluated
+  at 1x..64x (``--samples`` per length up to 64x) on the 2-hop task (validation split).
 * ``ablation``: sweep ``demo_ablation`` (Gumbel off, top-k 2 and 4, chunk 16 and 32), each
   trained like ``demo_drt`` and evaluated on single passkey at 1x, 16x, 256x
   (``--ablation_samples`` per length, default 100).
 
-The 2-hop and ablation runs also get held-out perplexity at ``--sweep_ppl_multipliers``.
+The 2-hop and ablation runs also get held-out perplexity at ``--sweep_ppl_multipliers``; the
+2-hop runs also retrieval traces (``experiments/hop_traces.py``, results' ``hop_traces``).
 
 * ``lm``: language modelling without needles, the DRT against a sliding-window LM and full
   attention (ALiBi, RoPE) of its parameter count (``experiments/lm_stage.py``); adds
@@ -52,7 +53,7 @@ from absl import app, flags, logging  # noqa: E402
 from gca_jax.flagdefs import define  # noqa: E402
 
 from experiments import demo  # noqa: E402  (defines the demo's flags too; only ours are used)
-from experiments import lm_stage  # noqa: E402  (the lm stage and its flags)
+from experiments import hop_traces, lm_stage  # noqa: E402  (2-hop traces, the lm stage; their flags)
 
 STAGES = flags.DEFINE_string("stages", "single,16m,2hop,ablation,lm", "Stages to run, in order.")
 DEMO_WORKDIR = flags.DEFINE_string("demo_workdir", "runs/demo",
@@ -142,7 +143,7 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
   hay = hays[demo.VALIDATION]
   cache = demo.EvalCache(os.path.join(workdir, "eval_cache.json"))
   t = drt.data.seq_len
-  passkey, ppl, timings, peak = [], [], {}, {}
+  passkey, ppl, timings, peak, traces = [], [], {}, {}, []
 
   def stage_done(name: str, started: float) -> None:
     timings[name] = time.time() - started
@@ -179,7 +180,7 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
 
   sweeps = []
   if "2hop" in stages:
-    sweeps.append(("demo_2hop_groups", "multihop", demo._ints(HOP_MULTIPLIERS.value), SAMPLES.value))
+    sweeps.append((hop_traces.HOP_SWEEP.value, "multihop", demo._ints(HOP_MULTIPLIERS.value), SAMPLES.value))
   if "ablation" in stages:
     sweeps.append(("demo_ablation", "single", demo._ints(ABLATION_MULTIPLIERS.value),
                    ABLATION_SAMPLES.value))
@@ -192,6 +193,9 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
       passkey += demo.passkey_rows(demo.DRT, exp, run_dir, demo.trained_step(run_dir), cache, hay, tok,
                                    [(m, sweep_samples) for m in sweep_mults], variant=variant,
                                    run=exp.name)
+      if variant == "multihop":
+        traces += hop_traces.trace_run(run_dir, demo._ints(hop_traces.HOP_TRACE_MULTIPLIERS.value),
+                                       hop_traces.HOP_TRACE_SAMPLES.value, hay, tok, log=demo._log)
       ppl += demo.ppl_rows(demo.DRT, exp, run_dir, demo.trained_step(run_dir), cache, hay,
                            demo._ints(SWEEP_PPL_MULTIPLIERS.value), demo.PPL_WINDOWS.value,
                            run=exp.name)
@@ -230,7 +234,7 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
             if not r.get("not_run") else f"not run: {r['reason']} |")
     lines.append(f"| {r['run']} | {demo.haystack_label(demo._hay(r))} | {r['length']:,} | "
                  f"{r['multiplier']}x | {cell} |")
-  results.update(lm)
+  results.update(lm, **({"hop_traces": traces} if traces else {}))
   table = "\n".join(lines) + "\n" + lm_stage.markdown(results)
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(table)
