@@ -56,15 +56,28 @@ def _dense_ppl(model, tokens: np.ndarray, n: int) -> float:
   return math.exp(total / count)
 
 
-def test_lm_stage_rows_equal_dense_forward(tmp_path):
+def test_lm_stage_rows_equal_dense_forward(tmp_path, monkeypatch):
+  """The stage on random-init models (training is the demo's, tested there): every row is the
+  dense forward's perplexity over the same tokens, for every model, length and haystack."""
+  from flax import nnx
+
   from experiments import demo, lm_stage
-  from gca_jax.config import apply_overrides
   from experiments.registry import get_experiment
-  from gca_jax.evals.cli import load_model
+  from gca_jax.config import apply_overrides
+  from gca_jax.model import build_model, count_params
   sets = [train_corpus(tmp_path), f"data.cache_dir={tmp_path / 'cache'}", "data.vocab_size=384",
-          "model.vocab_size=384", "data.val_fraction=0.3", "data.seq_len=32", "data.batch_size=8",
-          "train.steps=1", "train.log_every=1", "checkpoint.every=1", "model.d_model=32",
+          "model.vocab_size=384", "data.val_fraction=0.3", "data.seq_len=32", "model.d_model=32",
           "model.mlp_dim=48"]
+  models = {}
+
+  def fake_model(exp, run_dir, state):
+    if "model" not in state:
+      state["model"] = models.setdefault(exp.name, build_model(exp.model, rngs=nnx.Rngs(3)))
+    return state["model"]
+  monkeypatch.setattr(demo, "train", lambda exp, run_dir: {"parameters": count_params(
+      build_model(exp.model, rngs=nnx.Rngs(3)))})
+  monkeypatch.setattr(demo, "trained_step", lambda run_dir: 0)
+  monkeypatch.setattr(demo, "_model", fake_model)
   cache = demo.EvalCache(str(tmp_path / "eval_cache.json"))
   out = lm_stage.run_stage(str(tmp_path / "rep"), sets, cache,
                            heldout=heldout_texts(tmp_path / "manuals"), multipliers=[1],
@@ -79,12 +92,12 @@ def test_lm_stage_rows_equal_dense_forward(tmp_path):
   tok = tokenizer.build_tokenizer(exp.data.corpus, 384, exp.data.cache_dir, log=lambda *_: None)
   store = token_store.token_store_for(exp.data.corpus, tok, exp.data.cache_dir, 0.3, log=lambda *_: None)
   hays = demo.haystacks(exp, tok, store, str(tmp_path / "manuals"), log=lambda *_: None)
+  assert set(models) == set(lm_stage.MODELS.values())
   for model_name, name in lm_stage.MODELS.items():
-    e = apply_overrides(get_experiment(name), sets)
-    model, _ = load_model(e, str(tmp_path / "rep" / name), False)
+    assert out["lm_models"][model_name]["parameters"] == count_params(models[name])
     for r in rows:
       if r["model"] == model_name:
-        ref = _dense_ppl(model, np.asarray(hays[r["haystack"]][:128]), r["length"])
+        ref = _dense_ppl(models[name], np.asarray(hays[r["haystack"]][:128]), r["length"])
         assert r["ppl"] == pytest.approx(ref, rel=2e-4), r
   md = lm_stage.markdown({**out, "lm_train_length": 32})
   assert md.count("| full_attention_rope |") == 2 and "manuals (unseen)" in md
