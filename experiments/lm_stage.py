@@ -69,14 +69,14 @@ def targets(rows: list[dict]) -> dict:
 
 
 def run_stage(workdir: str, overrides: list[str], cache, *, heldout: str, multipliers: list[int],
-              long_multipliers: list[int], windows: int) -> dict:
-  """Trains (or reuses) the four ``lm_*`` runs in ``workdir`` and scores them; the results'
-  ``lm_ppl``, ``lm_models`` and ``lm_targets``."""
+              long_multipliers: list[int], windows: int, models: tuple[str, ...] = tuple(MODELS)) -> dict:
+  """Trains (or reuses) the ``lm_*`` runs of ``models`` (default all four) in ``workdir`` and
+  scores them; the results' ``lm_ppl``, ``lm_models`` and ``lm_targets``."""
   from experiments.registry import get_experiment
   from gca_jax.config import apply_overrides
   from gca_jax.data import token_store, tokenizer
-  exps = {m: apply_overrides(get_experiment(e), list(overrides)) for m, e in MODELS.items()}
-  first = exps["drt"]
+  exps = {m: apply_overrides(get_experiment(MODELS[m]), list(overrides)) for m in models}
+  first = next(iter(exps.values()))
   if any(e.data != first.data for e in exps.values()):
     raise ValueError("the lm runs must train on the same data; overrides changed one of them")
   demo.fetch(first)
@@ -87,7 +87,7 @@ def run_stage(workdir: str, overrides: list[str], cache, *, heldout: str, multip
   hays = demo.haystacks(first, tok, store, heldout)
   t = first.data.seq_len
   span_mult = max([*multipliers, *long_multipliers])
-  rows, models = [], {}
+  rows, info = [], {}
   for model, exp in exps.items():
     run_dir = os.path.join(workdir, exp.name)
     t0 = time.time()
@@ -102,12 +102,12 @@ def run_stage(workdir: str, overrides: list[str], cache, *, heldout: str, multip
       for r in demo.ppl_rows(model, exp, run_dir, step, cache, hay, mults, nwin, run=exp.name,
                              state=state, haystack=name):
         rows.append({**r, "model": model})
-    models[model] = {"run": exp.name, "parameters": summary.get("parameters"), "steps": step,
+    info[model] = {"run": exp.name, "parameters": summary.get("parameters"), "steps": step,
                      "train_seconds": summary.get("wall_seconds"),
                      "eval_seconds": round(time.time() - t1, 1),
                      "stage_seconds": round(time.time() - t0, 1)}
   rows = demo.with_ppl_change(rows)
-  return {"lm_ppl": rows, "lm_models": models, "lm_targets": targets(rows),
+  return {"lm_ppl": rows, "lm_models": info, "lm_targets": targets(rows),
           "lm_train_length": t, "lm_span_tokens": t * span_mult * windows}
 
 
