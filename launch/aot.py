@@ -211,7 +211,7 @@ def cost_row(experiment: str, rec: dict) -> dict:
   est = None if flops is None else max(flops / peak, nbytes / bw)
   return dict(experiment=experiment, topology=rec["topology"], chips=rec["chips"], mesh=rec["mesh"],
               global_batch=rec["global_batch"], seq_len=rec["seq_len"], remat=rec["remat"],
-              flops=flops, bytes=nbytes, est_seconds=est,
+              gca_impl=rec.get("gca_impl"), ce_block=rec.get("execution", {}).get("ce_block"), flops=flops, bytes=nbytes, est_seconds=est,
               est_compute_s=None if flops is None else flops / peak,
               est_memory_s=None if nbytes is None else nbytes / bw,
               hbm_gib_per_chip=mem.get("total", 0) / GiB if mem else None, fits=bool(rec.get("fits")))
