@@ -358,7 +358,9 @@ def plot(results: dict, path: str) -> None:
   ppl = with_ppl_change(results["ppl"])
   for m in models:
     for h in hays:
-      style = dict(color=colours[m], ls="-" if h == VALIDATION else "--", marker="o",
+      seen = h == VALIDATION  # unseen: dashed, open squares (visible over an equal solid line)
+      style = dict(color=colours[m], ls="-" if seen else "--", marker="o" if seen else "s",
+                   mfc=None if seen else "none", ms=5 if seen else 8,
                    label=f"{m}, {haystack_label(h)}")
       pk = sorted((r["length"], r["accuracy"], r["exact_match"]) for r in results["passkey"]
                   if r["model"] == m and _hay(r) == h and not r.get("not_run"))
