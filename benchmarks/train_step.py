@@ -13,7 +13,9 @@ of a large float32 matmul with the same XLA backend, timed before and after); mo
 step (``cost_analysis``; loops are counted once) is reported beside it.
 
 python benchmarks/train_step.py [--lengths=1024,16384] [--rounds=7] [--execution=retrieval_block=64,...]
-    [--out=benchmarks/results/train_step.json]
+    [--xla_options=tuned|default|key=value;...] [--out=benchmarks/results/train_step.json]
+
+Compiled with ``CPU_COMPILER_OPTIONS`` on CPU unless ``--xla_options=default``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ from gca_jax.train.optim import make_optimizer  # noqa: E402
 from gca_jax.train.step import init_state, make_train_step  # noqa: E402
 
 MODELS = ("drt", "sliding_window", "sliding_window_equal")
+# XLA:CPU compile options found by timing variants of this step interleaved: the YNNPACK
+# library fusions of dots and elementwise ops stay, its reduce fusions go. Those turn every
+# small reduction of the backward pass (RMSNorm scale gradients, attention row sums) into a
+# slow library call; dropping them made the tiny step ~1.4x faster on a 2-core host.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"}
 BASELINES = ("sliding_window", "sliding_window_equal")
 
 
@@ -77,7 +84,7 @@ class Prepared:
   row: dict
 
 
-def prepare(name: str, length: int, tokens: int, execution: ExecutionConfig) -> Prepared:
+def prepare(name: str, length: int, tokens: int, execution: ExecutionConfig, options: dict) -> Prepared:
   cfg = model_config(name)
   model = build_model(cfg, rngs=nnx.Rngs(0), execution=execution)
   tx = make_optimizer(OptimConfig(), 1000)
@@ -85,7 +92,7 @@ def prepare(name: str, length: int, tokens: int, execution: ExecutionConfig) -> 
   b = max(1, tokens // length)
   batch = {"tokens": jax.random.randint(jax.random.PRNGKey(0), (b, length), 1, cfg.vocab_size - 1)}
   t0 = time.perf_counter()
-  compiled = jax.jit(make_train_step(graphdef, tx)).lower(state, batch).compile()
+  compiled = jax.jit(make_train_step(graphdef, tx)).lower(state, batch).compile(options or None)
   cost = compiled.cost_analysis() or {}
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   n_params = count_params(model)
@@ -109,8 +116,8 @@ def time_round_robin(prepared: list[Prepared], rounds: int) -> dict[str, list[fl
   return times
 
 
-def run_length(length: int, tokens: int, rounds: int, models, execution, peak: float):
-  prepared = [prepare(m, length, tokens, execution) for m in models]
+def run_length(length: int, tokens: int, rounds: int, models, execution, options, peak: float):
+  prepared = [prepare(m, length, tokens, execution, options) for m in models]
   load0 = os.getloadavg()
   times = time_round_robin(prepared, rounds)
   load1 = os.getloadavg()
@@ -135,14 +142,22 @@ def main(argv=None):
   ap.add_argument("--models", default=",".join(MODELS))
   ap.add_argument("--rounds", type=int, default=7)
   ap.add_argument("--execution", default="", help="ExecutionConfig overrides, e.g. retrieval_block=0,remat=true")
+  ap.add_argument("--xla_options", default="tuned",
+                  help="'tuned' (CPU_COMPILER_OPTIONS on CPU), 'default' (none), or key=value;key=value")
   ap.add_argument("--out", default="benchmarks/results/train_step.json")
   args = ap.parse_args(argv)
+  if args.xla_options == "tuned":
+    options = CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else {}
+  elif args.xla_options == "default":
+    options = {}
+  else:
+    options = dict(kv.split("=", 1) for kv in args.xla_options.split(";") if kv)
   execution = apply_overrides(Experiment(), [f"execution.{x}" for x in args.execution.split(",") if x]).execution
   peak0 = matmul_peak()
   print(f"matmul peak (2048^3 float32): {peak0 / 1e9:.1f} GFLOP/s; load {os.getloadavg()}", flush=True)
   all_rows, all_ratios, loads = [], {}, {}
   for length in (int(x) for x in args.lengths.split(",")):
-    rows, ratios, load = run_length(length, args.tokens, args.rounds, args.models.split(","), execution, peak0)
+    rows, ratios, load = run_length(length, args.tokens, args.rounds, args.models.split(","), execution, options, peak0)
     all_rows += rows
     all_ratios[str(length)], loads[str(length)] = {k: v["median"] for k, v in ratios.items()}, load
     for r in rows:
@@ -158,7 +173,7 @@ def main(argv=None):
   print(f"ratio growth {lengths[0]} -> {lengths[-1]}: {growth}; matmul peak after: {peak1 / 1e9:.1f} GFLOP/s")
   write_json(args.out, {
       "benchmark": "train_step", "machine": machine_info(), "preset": "tiny_cpu",
-      "execution": dataclasses.asdict(execution), "tokens_per_step": args.tokens, "rounds": args.rounds,
+      "execution": dataclasses.asdict(execution), "compiler_options": options, "tokens_per_step": args.tokens, "rounds": args.rounds,
       "matmul_peak_flops": peak0, "matmul_peak_flops_after": peak1, "load_average": loads,
       "results": all_rows, "drt_step_time_over": all_ratios, "ratio_growth": growth,
       "command": "python benchmarks/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])})
