@@ -215,6 +215,7 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
              "haystack_note": "lengths beyond a haystack repeat it (wrap-around)",
              "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
              "peak_rss_gb": peak}
+  results.update(lm, **({"hop_traces": traces} if traces else {}))
   with open(os.path.join(workdir, "results.json.tmp"), "w") as f:
     json.dump(results, f, indent=1)
   os.replace(os.path.join(workdir, "results.json.tmp"), os.path.join(workdir, "results.json"))
@@ -234,7 +235,6 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
             if not r.get("not_run") else f"not run: {r['reason']} |")
     lines.append(f"| {r['run']} | {demo.haystack_label(demo._hay(r))} | {r['length']:,} | "
                  f"{r['multiplier']}x | {cell} |")
-  results.update(lm, **({"hop_traces": traces} if traces else {}))
   table = "\n".join(lines) + "\n" + lm_stage.markdown(results)
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(table)
