@@ -39,7 +39,8 @@ from experiments.presets import MODEL_PRESETS  # noqa: E402
 from gca_jax.config import ExecutionConfig, Experiment, OptimConfig, apply_overrides  # noqa: E402
 from gca_jax.model import build_model, count_params  # noqa: E402
 from gca_jax.train.optim import make_optimizer  # noqa: E402
-from gca_jax.train.step import init_state, make_train_step  # noqa: E402
+from gca_jax.train.state import init_state  # noqa: E402
+from gca_jax.train.step import make_train_step  # noqa: E402
 
 MODELS = ("drt", "sliding_window", "sliding_window_equal")
 # XLA:CPU compile options found by timing variants of this step interleaved: the YNNPACK

@@ -33,7 +33,6 @@ step, haystack, length, samples and seed. Every passkey and perplexity row names
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time

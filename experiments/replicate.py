@@ -48,7 +48,7 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from gca_jax.flagdefs import define  # noqa: E402
 

@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from gca_jax.config import ConfigError, MeshConfig
-from gca_jax.logical import METADATA_KEY, RULES, logical_to_spec  # noqa: F401  (re-exported)
+from gca_jax.logical import METADATA_KEY, logical_to_spec
 
 AXES = ("data", "fsdp", "tensor")
 
@@ -66,12 +66,6 @@ def _sharding(var, mesh: Mesh) -> NamedSharding:
   if names is None:
     return replicated(mesh)
   return NamedSharding(mesh, logical_to_spec(names, var.shape, mesh))
-
-
-def param_shardings(params, mesh: Mesh):
-  """NamedSharding for every parameter of an NNX param state (arrays or ShapeDtypeStructs), from
-  the logical axes each declared; the Variables keep their place, holding the sharding."""
-  return state_shardings(params, mesh)
 
 
 def state_shardings(state, mesh: Mesh):

@@ -29,14 +29,13 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
 
 from gca_jax import parallel  # noqa: E402
 from gca_jax.config import (ConfigError, ExecutionConfig, Experiment, MeshConfig, ModelConfig,  # noqa: E402
                             OptimConfig, apply_overrides)
-from gca_jax.model import build_model  # noqa: E402
 from gca_jax.train.optim import lr_schedule, make_optimizer  # noqa: E402
-from gca_jax.train.step import TrainState, make_train_step  # noqa: E402
+from gca_jax.train.state import abstract_state  # noqa: E402
+from gca_jax.train.step import make_train_step  # noqa: E402
 
 GiB = 1024 ** 3
 # HBM per chip by topology prefix.
@@ -113,12 +112,7 @@ def topology_devices(topology: str):
 def abstract_train(run: Run, mesh):
   """(train_step, sharded abstract TrainState, sharded abstract batch); nothing materialised."""
   tx = make_optimizer(run.optim, run.steps)
-  model = nnx.eval_shape(lambda: build_model(run.model, rngs=nnx.Rngs(0), execution=run.execution))
-  graphdef, params = nnx.split(model, nnx.Param)
-  state = jax.eval_shape(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
-                                              rng=jax.random.PRNGKey(0)), params)
-  shard = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-  state = jax.tree_util.tree_map(shard, state, parallel.state_shardings(state, mesh))
+  graphdef, _, _, state, _ = abstract_state(run.model, run.execution, 0, mesh, tx)
   batch = {"tokens": jax.ShapeDtypeStruct((run.batch, run.seq_len), jnp.int32,
                                           sharding=parallel.batch_sharding(mesh))}
   step = make_train_step(graphdef, tx, lr_schedule(run.optim, run.steps), grad_accum=run.optim.grad_accum)

@@ -91,7 +91,8 @@ def _drt_train_step_text(gca_impl: str) -> str:
   from gca_jax.config import ExecutionConfig, ModelConfig, OptimConfig  # noqa: PLC0415
   from gca_jax.model import build_model  # noqa: PLC0415
   from gca_jax.train.optim import make_optimizer  # noqa: PLC0415
-  from gca_jax.train.step import init_state, make_train_step  # noqa: PLC0415
+  from gca_jax.train.state import init_state  # noqa: PLC0415
+  from gca_jax.train.step import make_train_step  # noqa: PLC0415
 
   cfg = ModelConfig(vocab_size=64, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=64,
                     lower_layers=0, upper_layers=(1, 1), encoder_layers=1, chunk_size=4, top_k=2,

@@ -10,7 +10,7 @@ from flax import nnx
 
 from gca_jax.config import ModelConfig
 from gca_jax.infer import Engine, generate
-from gca_jax.infer.engine import raw_to_layout
+from gca_jax.model.chunking import raw_to_layout
 from gca_jax.model import build_model
 
 S, P = 7, 8

@@ -12,7 +12,8 @@ from gca_jax import parallel
 from gca_jax.config import ConfigError, MeshConfig, ModelConfig, OptimConfig
 from gca_jax.model import build_model
 from gca_jax.train.optim import make_optimizer
-from gca_jax.train.step import init_state, make_train_step
+from gca_jax.train.state import init_state
+from gca_jax.train.step import make_train_step
 
 TINY = ModelConfig(vocab_size=64, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=64, lower_layers=0,
                    upper_layers=(1,), encoder_layers=1, chunk_size=4, top_k=2, window=10)
@@ -76,7 +77,7 @@ def test_params_and_opt_state_really_sharded():
   # Adam's moments mirror the params (the o kernel is square: matched by path, not shape).
   specs = [s.spec for s in jax.tree_util.tree_leaves(sh.opt_state)]
   assert specs.count(P("tensor", "fsdp")) >= 2 * 4
-  placed = jax.device_put(state.params, parallel.param_shardings(state.params, mesh))
+  placed = jax.device_put(state.params, parallel.state_shardings(state.params, mesh))
   q = leaf(placed["encoder"][0]["attn"]["q"]["kernel"])
   assert q.addressable_shards[0].data.shape == (32 // 4, 32 // 2)
 
@@ -109,7 +110,7 @@ def test_undeclared_parameter_is_found():
   params = nnx.state(model, nnx.Param)
   assert parallel.undeclared_params(params) == ["['extra']"]
   mesh = parallel.make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
-  assert leaf(parallel.param_shardings(params, mesh)["extra"]).spec == P()
+  assert leaf(parallel.state_shardings(params, mesh)["extra"]).spec == P()
 
 
 def test_non_dividing_dimension_replicates():

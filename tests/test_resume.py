@@ -189,7 +189,7 @@ def test_checkpointer_accepts_a_relative_workdir(tmp_path, monkeypatch):
 
   from gca_jax.checkpoint import Checkpointer
   from gca_jax.config import CheckpointConfig, Experiment
-  from gca_jax.train.step import TrainState
+  from gca_jax.train.state import TrainState
 
   class _Iter:
     state = {"i": 3}

@@ -20,7 +20,8 @@ from gca_jax.model import build_model
 from gca_jax.train import optim
 from gca_jax.train.loop import train
 from gca_jax.train.metrics import read_metrics
-from gca_jax.train.step import init_state, make_train_step
+from gca_jax.train.state import init_state
+from gca_jax.train.step import make_train_step
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from gca_jax.evals import haystack as hs
 from gca_jax.evals import runtime
 from gca_jax.evals.templates import Templates, applied
 from gca_jax.infer import Engine
-from gca_jax.infer.engine import raw_to_layout
+from gca_jax.model.chunking import raw_to_layout
 
 
 def layout_chunk(cfg) -> int:

@@ -34,7 +34,7 @@ from gca_jax.config import FULL_ATTENTION_TYPES
 from gca_jax.infer.kv_cache import empty_cache, roll
 from gca_jax.infer.memory import ChunkStore
 from gca_jax.infer.state import InferState
-from gca_jax.model.chunking import insert_landmarks, raw_to_layout  # noqa: F401  (re-exported)
+from gca_jax.model.chunking import insert_landmarks
 
 MODES = ("full", "tail")
 

@@ -30,16 +30,16 @@ def init_state(model, tx: optax.GradientTransformation, seed: int):
                               rng=jax.random.PRNGKey(seed))
 
 
-def abstract_train_state(exp: Experiment, mesh, tx):
+def abstract_state(model_cfg, execution, seed: int, mesh, tx):
   """``(graphdef, abstract_state, shardings, target, init_fn)`` without allocating params:
-  ``target`` holds ShapeDtypeStructs with shardings (what a checkpoint restores onto) and
-  ``jax.jit(init_fn, out_shardings=shardings)()`` builds the initial state in place. The model
-  runs with ``exp.execution``; the state does not depend on it."""
+  ``target`` holds ShapeDtypeStructs with shardings (what a checkpoint restores onto, or what AOT
+  compiles against) and ``jax.jit(init_fn, out_shardings=shardings)()`` builds the initial state
+  in place. The model runs with ``execution``; the state does not depend on it."""
   box = {}
 
   def init_fn():
-    model = build_model(exp.model, rngs=nnx.Rngs(exp.train.seed), execution=exp.execution)
-    box["graphdef"], state = init_state(model, tx, exp.train.seed)
+    model = build_model(model_cfg, rngs=nnx.Rngs(seed), execution=execution)
+    box["graphdef"], state = init_state(model, tx, seed)
     return state
 
   abstract = jax.eval_shape(init_fn)
@@ -47,3 +47,8 @@ def abstract_train_state(exp: Experiment, mesh, tx):
   target = jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
   return box["graphdef"], abstract, shardings, target, init_fn
+
+
+def abstract_train_state(exp: Experiment, mesh, tx):
+  """``abstract_state`` of an experiment's model, execution settings and seed."""
+  return abstract_state(exp.model, exp.execution, exp.train.seed, mesh, tx)

@@ -9,8 +9,6 @@ Logit t predicts token t+1.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -18,7 +16,7 @@ from flax import nnx
 
 from gca_jax.model.chunking import IGNORE
 from gca_jax.train.cross_entropy import blocked_cross_entropy
-from gca_jax.train.state import TrainState, abstract_train_state, init_state  # noqa: F401  (re-exported)
+from gca_jax.train.state import TrainState
 
 
 def token_weights(batch: dict, answer_loss_weight: float) -> jax.Array:

@@ -204,7 +204,7 @@ def bwd_dkv(q, k, v, do, lse, delta, idx, w, *, seq_len, head_dim, rows, keys, w
   for L2, plus a cast pass, and a run-to-run varying summation order.
   """
   b, c, qp, h, dp = q.shape
-  n_mem, sp, kh = k.shape[1], k.shape[2], k.shape[3]
+  n_mem, kh = k.shape[1], k.shape[3]
   arrays = (*reverse_map(idx, w, n_mem), q, k, v, do, lse, delta)
   whole = [pl.BlockSpec(x.shape, lambda *_, n=x.ndim: (0,) * n) for x in arrays]
   kernel = functools.partial(_dkv_kernel, n_mem=n_mem, group=h // kh, rows=rows, keys=keys,
