@@ -68,7 +68,10 @@ def make_step(prefix: str, model_type: str, length: int, tokens: int):
   cfg = dataclasses.replace(presets.MODEL_PRESETS["tiny_cpu"], model_type=model_type)
   model = model_mod.build_model(cfg, rngs=nnx.Rngs(0))
   tx = optim.make_optimizer(config.OptimConfig(), 1000)
-  graphdef, state = step_mod.init_state(model, tx, 0)
+  # init_state moved from train.step to train.state in the refactor: take it where it lives.
+  init_state = getattr(step_mod, "init_state", None) or importlib.import_module(
+      f"gca_jax{prefix}.train.state").init_state
+  graphdef, state = init_state(model, tx, 0)
   batch = {"tokens": jax.random.randint(jax.random.PRNGKey(0), (max(1, tokens // length), length), 1,
                                         cfg.vocab_size - 1)}
   step = jax.jit(step_mod.make_train_step(graphdef, tx))

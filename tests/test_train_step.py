@@ -19,6 +19,7 @@ from gca_jax.model.chunking import IGNORE
 from gca_jax.train import step as step_mod
 from gca_jax.train.cross_entropy import blocked_cross_entropy
 from gca_jax.train.optim import make_optimizer
+from gca_jax.train.state import init_state
 
 TINY = ModelConfig(vocab_size=64, d_model=16, num_heads=2, num_kv_heads=2, mlp_dim=32, lower_layers=1,
                    upper_layers=(1,), encoder_layers=1, chunk_size=4, top_k=2, window=10)
@@ -66,7 +67,7 @@ def test_blocked_cross_entropy_refuses_mismatched_shapes():
 def _setup(cfg=TINY, ce_block=5, seed=0):
   model = build_model(cfg, rngs=nnx.Rngs(seed), execution=ExecutionConfig(ce_block=ce_block))
   tx = make_optimizer(OptimConfig(lr=1e-2, warmup_steps=0, clip_norm=0.0), 10)
-  graphdef, state = step_mod.init_state(model, tx, seed)
+  graphdef, state = init_state(model, tx, seed)
   return model, graphdef, tx, state
 
 
@@ -107,7 +108,7 @@ def test_grad_accum_keeps_the_objective_with_uneven_masks():
   model = build_model(dataclasses.replace(TINY, gumbel=False, init_std=0.5), rngs=nnx.Rngs(0),
                       execution=ExecutionConfig(ce_block=5))
   tx = optax.sgd(1.0)  # the update is the gradient itself (Adam's first step would hide its scale)
-  graphdef, state = step_mod.init_state(model, tx, 0)
+  graphdef, state = init_state(model, tx, 0)
   batch = _batch()
   kw = dict(answer_loss_weight=5.0)
   new1, m1 = jax.jit(step_mod.make_train_step(graphdef, tx, grad_accum=1, **kw))(state, batch)
