@@ -43,11 +43,9 @@ from gca_jax.train.state import init_state  # noqa: E402
 from gca_jax.train.step import make_train_step  # noqa: E402
 
 MODELS = ("drt", "sliding_window", "sliding_window_equal")
-# XLA:CPU compile options found by timing variants of this step interleaved: the YNNPACK
-# library fusions of dots and elementwise ops stay, its reduce fusions go. Those turn every
-# small reduction of the backward pass (RMSNorm scale gradients, attention row sums) into a
-# slow library call; dropping them made the tiny step ~1.4x faster on a 2-core host.
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"}
+# XLA:CPU compile options found by timing variants of this step interleaved (see
+# gca_jax.config.CPU_TUNED_OPTIONS; training uses the same by default).
+from gca_jax.config import CPU_TUNED_OPTIONS as CPU_COMPILER_OPTIONS  # noqa: E402
 BASELINES = ("sliding_window", "sliding_window_equal")
 
 

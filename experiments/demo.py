@@ -152,7 +152,9 @@ def train(exp, workdir: str) -> dict:
 
 
 class EvalCache:
-  """Evaluated rows in ``<workdir>/eval_cache.json``, written after every row."""
+  """Evaluated rows in ``<workdir>/eval_cache.json``, written after every row. Each write
+  merges with the rows on disk under a file lock, so processes sharing a workdir (say two
+  ``make replicate`` stages run side by side) keep each other's rows."""
 
   def __init__(self, path: str):
     self.path = path
@@ -164,11 +166,16 @@ class EvalCache:
   def put(self, key: str, row: dict) -> None:
     if row.get("not_run"):  # cheap to redo, and the reason may change with the settings
       return
+    import fcntl
     self.rows[key] = row
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(self.rows, f, indent=1)
-    os.replace(tmp, self.path)
+    with open(self.path + ".lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if os.path.exists(self.path):
+        self.rows = {**json.load(open(self.path)), **self.rows}
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        json.dump(self.rows, f, indent=1)
+      os.replace(tmp, self.path)
 
 
 def passkey_batch(length: int, samples: int) -> int:

@@ -119,8 +119,10 @@ def _train_or_reuse(exp, workdir: str) -> str:
   cand = os.path.join(DEMO_WORKDIR.value, exp.name)
   step = demo.trained_step(cand)
   path = os.path.join(cand, "experiment.json")
+  def identity(d: dict) -> dict:  # execution settings (kernels, blocking, compiler options) apart
+    return {k: v for k, v in d.items() if k != "execution"}
   if step is not None and step >= exp.train.steps and os.path.exists(path) and \
-      json.load(open(path)) == json.loads(json.dumps(to_dict(exp))):
+      identity(json.load(open(path))) == identity(json.loads(json.dumps(to_dict(exp)))):
     demo._log(f"[{exp.name}] reusing the finished demo run in {cand}")
     return cand
   run_dir = os.path.join(workdir, exp.name)

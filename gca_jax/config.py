@@ -14,6 +14,11 @@ MODEL_TYPES = ("drt", "sliding_window", "full_attention", "full_attention_rope")
 FULL_ATTENTION_TYPES = ("full_attention", "full_attention_rope")
 DTYPES = ("float32", "bfloat16", "float16")
 GCA_IMPLS = ("xla", "pallas", "auto")
+# XLA:CPU options of the "tuned" execution.cpu_compiler_options: YNNPACK takes only the dot and
+# elementwise fusions; the small reductions of the backward pass (RMSNorm scale gradients,
+# attention row sums) stay with XLA's own emitter instead of a slow library call. About 1.4x on
+# the tiny train step (benchmarks/train_step.py, --xla_options=default vs tuned).
+CPU_TUNED_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"}
 GCA_PLATFORMS = ("", "tpu", "gpu")
 PASSKEY_VARIANTS = ("single", "multihop", "multi")
 
@@ -152,6 +157,7 @@ class ExecutionConfig:
   attn_block: int = 0  # query block of blocked self-attention; 0 picks one from the window
   retrieval_block: int = 64  # chunks per block of retrieval scoring (causal blocks only); 0: all at once
   ce_block: int = 2048  # tokens per block of the training cross-entropy ([B, block, V] logits at a time); 0: one block
+  cpu_compiler_options: str = "tuned"  # XLA:CPU options of the train/eval steps: "tuned", "default" or "key=value;..."
 
   def __post_init__(self):
     c = "ExecutionConfig"
@@ -164,6 +170,22 @@ class ExecutionConfig:
       if not isinstance(v, int) or isinstance(v, bool) or v < 0:
         _fail(c, name, v, "must be 0 (automatic) or a positive block size")
     self.block_sizes()  # validates the spelling
+    self.compiler_options("cpu")  # validates the spelling
+
+  def compiler_options(self, platform: str) -> dict[str, str]:
+    """XLA compiler options for jitted steps on ``platform`` (only CPU has any)."""
+    spec = self.cpu_compiler_options.strip()
+    opts: dict[str, str] = {}
+    if spec == "tuned":
+      opts = dict(CPU_TUNED_OPTIONS)
+    elif spec not in ("default", ""):
+      for item in filter(None, (x.strip() for x in spec.split(";"))):
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip().startswith("xla_cpu_"):
+          _fail("ExecutionConfig", "cpu_compiler_options", self.cpu_compiler_options,
+                "use 'tuned', 'default' or ';'-separated xla_cpu_*=value pairs")
+        opts[key.strip()] = val.strip()
+    return opts if platform == "cpu" else {}
 
   def block_sizes(self) -> dict[str, int]:
     """``gca_block_sizes`` as {field: value} (empty: the kernel's per-chip defaults)."""

@@ -95,8 +95,9 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(("batch",), (mesh.shape["data"] * mesh.shape["fsdp"],), mesh))
 
 
-def jit_train_step(train_step, state, mesh: Mesh):
-  """``train_step`` jitted with state / batch shardings, replicated metrics, donated state."""
+def jit_train_step(train_step, state, mesh: Mesh, compiler_options: dict | None = None):
+  """``train_step`` jitted with state / batch shardings, replicated metrics, donated state
+  (``compiler_options``: XLA options, e.g. ``ExecutionConfig.compiler_options``)."""
   state_sh = state_shardings(state, mesh)
 
   def step_under_mesh(state, batch):  # the model reads the mesh for its sharding hints
@@ -104,4 +105,5 @@ def jit_train_step(train_step, state, mesh: Mesh):
       return train_step(state, batch)
 
   return jax.jit(step_under_mesh, in_shardings=(state_sh, batch_sharding(mesh)),
-                 out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
+                 out_shardings=(state_sh, replicated(mesh)), donate_argnums=0,
+                 compiler_options=compiler_options or None)

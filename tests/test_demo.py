@@ -93,3 +93,16 @@ def test_heldout_family_must_be_unseen(tmp_path):
                          "--set=data.corpus=books_manuals", "--heldout=books", "--set=train.steps=1"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0 and "shares" in proc.stderr and "austen" in proc.stderr
+
+
+def test_eval_cache_keeps_rows_of_another_process(tmp_path):
+  """Two caches on one file (two replicate stages side by side) each write a row: the file holds
+  both, and neither write drops the other's."""
+  from experiments import demo as demo_mod
+  path = str(tmp_path / "eval_cache.json")
+  a, b = demo_mod.EvalCache(path), demo_mod.EvalCache(path)
+  a.put("passkey|x|L120", {"accuracy": 1.0})
+  b.put("ppl|y|L240", {"ppl": 3.0})
+  a.put("passkey|x|L240", {"accuracy": 0.5})
+  assert demo_mod.EvalCache(path).rows == {"passkey|x|L120": {"accuracy": 1.0}, "ppl|y|L240": {"ppl": 3.0},
+                                           "passkey|x|L240": {"accuracy": 0.5}}

@@ -57,6 +57,13 @@ def test_replicate_single_and_16m_stages(tmp_path):
   assert set(res["timings_seconds"]) == {"single", "16m"} and res["peak_rss_gb"]["16m"] > 0.1
   md = (workdir / "results.md").read_text()
   assert "| run | variant | haystack | length |" in md and "manuals (unseen)" in md
+  # a finished run is reused under other execution settings (they are not the model's identity)
+  again = subprocess.run([*[c for c in cmd if not c.startswith("--demo_workdir")], f"--demo_workdir={workdir}",
+                          "--stages=single", "--set=execution.retrieval_block=8",
+                          "--set=execution.cpu_compiler_options=default"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+  assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+  assert "reusing the finished demo run" in again.stdout + again.stderr
   # invalid stage: clear error, exit 2, nothing written
   bad = subprocess.run([sys.executable, "-m", "experiments.replicate", f"--workdir={tmp_path / 'x'}",
                         "--stages=single,bogus"], cwd=REPO, env=env, capture_output=True, text=True)

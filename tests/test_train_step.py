@@ -37,15 +37,18 @@ def _np_ce(h, table, targets, w):
   return (w * nll).sum(), nll, d @ table, np.einsum("btv,btd->vd", d, h), nll
 
 
+def _ce_inputs(seed: int):
+  """Hidden states [2, 10, 8], a 50-row table, targets and uneven weights."""
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(2, 10, 8)).astype(np.float32), rng.normal(size=(50, 8)).astype(np.float32),
+          rng.integers(0, 50, size=(2, 10)).astype(np.int32), rng.uniform(0, 3, size=(2, 10)).astype(np.float32))
+
+
 @pytest.mark.parametrize("block", [0, 3, 7, 64])
 def test_blocked_cross_entropy_matches_numpy(block):
   """Value, per-token NLL and gradients (h, table, weights) equal float64 numpy for one block,
   blocks that do not divide the 10 positions, and a block longer than the sequence."""
-  rng = np.random.default_rng(0)
-  h = rng.normal(size=(2, 10, 8)).astype(np.float32)
-  table = rng.normal(size=(50, 8)).astype(np.float32)
-  targets = rng.integers(0, 50, size=(2, 10)).astype(np.int32)
-  w = rng.uniform(0, 3, size=(2, 10)).astype(np.float32)
+  h, table, targets, w = _ce_inputs(0)
   want_sum, want_nll, want_dh, want_dtab, want_dw = _np_ce(h, table, targets, w)
 
   def f(h, table, w):
@@ -144,3 +147,23 @@ def test_gradient_never_holds_whole_logits(ce_block):
   hlo = grad.lower(state.params).as_text()  # every intermediate's type, e.g. tensor<2x4x96xf32>
   longest = max(int(t) for t in re.findall(r"tensor<\d+x(\d+)x96x", hlo))
   assert longest == (ce_block or 22)
+
+
+def test_cpu_compiler_options_parse_and_keep_the_math():
+  """execution.cpu_compiler_options: 'tuned' gives the YNN option on CPU only, 'default' none,
+  a user's pairs pass through, a misspelling names the field; the gradients of the blocked
+  cross-entropy compiled with the tuned options still equal float64 numpy."""
+  tuned = ExecutionConfig().compiler_options("cpu")
+  assert tuned == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"}
+  assert ExecutionConfig().compiler_options("tpu") == {}
+  assert ExecutionConfig(cpu_compiler_options="default").compiler_options("cpu") == {}
+  assert ExecutionConfig(cpu_compiler_options="xla_cpu_use_xnnpack=false").compiler_options("cpu") == {
+      "xla_cpu_use_xnnpack": "false"}
+  with pytest.raises(ValueError, match="cpu_compiler_options"):
+    ExecutionConfig(cpu_compiler_options="fast")
+  h, table, targets, w = _ce_inputs(1)
+  _, _, want_dh, want_dtab, _ = _np_ce(h, table, targets, w)
+  grad = jax.jit(jax.grad(lambda h, t: blocked_cross_entropy(h, t, jnp.asarray(targets), w, block=3)[0],
+                          argnums=(0, 1)), compiler_options=tuned)
+  for got, want in zip(grad(h, table), (want_dh, want_dtab)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

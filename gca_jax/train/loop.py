@@ -118,11 +118,13 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
     write_experiment_json(exp, workdir)
   writer = MetricsWriter(workdir, start, pid)
 
+  xla_options = exp.execution.compiler_options(mesh.devices.flat[0].platform)
   step_fn = parallel.jit_train_step(
       make_train_step(graphdef, tx, schedule, grad_accum=exp.optim.grad_accum,
-                      answer_loss_weight=exp.train.answer_loss_weight), abstract, mesh)
+                      answer_loss_weight=exp.train.answer_loss_weight), abstract, mesh,
+      compiler_options=xla_options)
   eval_fn = jax.jit(make_eval_step(graphdef), in_shardings=(shardings.params, bsh),
-                    out_shardings=rep)
+                    out_shardings=rep, compiler_options=xla_options or None)
   local_rows = exp.data.batch_size // jax.process_count()
   tokens_per_step = exp.data.batch_size * exp.data.seq_len
 
