@@ -135,12 +135,22 @@ def trained_step(workdir: str) -> int | None:
   return None if s.get("preempted") else int(s.get("step", 0))
 
 
+def same_experiment(exp, workdir: str) -> bool:
+  """Whether ``workdir`` holds a run of ``exp``: every section but ``execution`` (kernels,
+  blocking, compiler options change no parameter, so a run is reused under other settings)."""
+  from gca_jax.config import to_dict
+  path = os.path.join(workdir, "experiment.json")
+  if not os.path.exists(path):
+    return False
+  identity = lambda d: {k: v for k, v in d.items() if k != "execution"}
+  return identity(json.load(open(path))) == identity(json.loads(json.dumps(to_dict(exp))))
+
+
 def train(exp, workdir: str) -> dict:
   """Stage 3: trains (or resumes, or reuses) ``exp`` in ``workdir``."""
-  from gca_jax.config import to_dict
   step = trained_step(workdir)
   exp_path = os.path.join(workdir, "experiment.json")
-  same = os.path.exists(exp_path) and json.load(open(exp_path)) == json.loads(json.dumps(to_dict(exp)))
+  same = same_experiment(exp, workdir)
   if step is not None and step >= exp.train.steps and same:
     _log(f"[{exp.name}] finished run found in {workdir} (step {step}): reusing it")
     return json.load(open(os.path.join(workdir, "summary.json")))

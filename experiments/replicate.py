@@ -115,14 +115,9 @@ def peak_rss_gb() -> float:
 
 def _train_or_reuse(exp, workdir: str) -> str:
   """The run folder of a finished ``exp``: the demo's when it matches, else trained here."""
-  from gca_jax.config import to_dict
   cand = os.path.join(DEMO_WORKDIR.value, exp.name)
   step = demo.trained_step(cand)
-  path = os.path.join(cand, "experiment.json")
-  def identity(d: dict) -> dict:  # execution settings (kernels, blocking, compiler options) apart
-    return {k: v for k, v in d.items() if k != "execution"}
-  if step is not None and step >= exp.train.steps and os.path.exists(path) and \
-      identity(json.load(open(path))) == identity(json.loads(json.dumps(to_dict(exp)))):
+  if step is not None and step >= exp.train.steps and demo.same_experiment(exp, cand):
     demo._log(f"[{exp.name}] reusing the finished demo run in {cand}")
     return cand
   run_dir = os.path.join(workdir, exp.name)
