@@ -29,15 +29,13 @@ def main(argv=None) -> None:
   ap.add_argument("--rounds", type=int, default=7)
   ap.add_argument("--out", default="benchmarks/results/cpu_compiler_options.json")
   args = ap.parse_args(argv)
-  execution = ExecutionConfig()
-  variants = {"default": {}, "tuned": ExecutionConfig(cpu_compiler_options="tuned").compiler_options("cpu")}
+  variants = {tag: ExecutionConfig(cpu_compiler_options=tag) for tag in ("default", "tuned")}
   rows = []
   for length in (int(x) for x in args.lengths.split(",")):
     for model in args.models.split(","):
       prepared = []
-      for tag, opts in variants.items():
-        p = prepare(model, length, args.tokens, execution, opts)
-        prepared.append(dataclasses.replace(p, name=tag))
+      for tag, execution in variants.items():
+        prepared.append(dataclasses.replace(prepare(model, length, args.tokens, execution), name=tag))
       times = time_round_robin(prepared, args.rounds)
       per_round = [t / d for t, d in zip(times["tuned"], times["default"])]
       row = {"model": model, "length": length, "batch": prepared[0].row["batch"],
@@ -48,10 +46,9 @@ def main(argv=None) -> None:
             f"{row['median_s']['tuned']:.3f} s -> tuned/default {row['tuned_over_default']:.3f}x "
             f"(load {os.getloadavg()[0]:.2f})", flush=True)
   write_json(args.out, {"benchmark": "cpu_compiler_options", "machine": machine_info(),
-                        "options": variants, "tokens_per_step": args.tokens, "rounds": args.rounds,
+                        "options": {k: v.compiler_options("cpu") for k, v in variants.items()}, "tokens_per_step": args.tokens, "rounds": args.rounds,
                         "results": rows, "load_average_after": os.getloadavg(),
                         "command": "python benchmarks/cpu_compiler_options.py " + " ".join(argv or sys.argv[1:])})
-  print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

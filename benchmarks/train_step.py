@@ -15,7 +15,7 @@ step (``cost_analysis``; loops are counted once) is reported beside it.
 python benchmarks/train_step.py [--lengths=1024,16384] [--rounds=7] [--execution=retrieval_block=64,...]
     [--xla_options=tuned|default|key=value;...] [--out=benchmarks/results/train_step.json]
 
-Compiled with ``CPU_COMPILER_OPTIONS`` on CPU unless ``--xla_options=default``.
+Compiled with ``execution.cpu_compiler_options`` (``--xla_options``, default "tuned", as training).
 """
 
 from __future__ import annotations
@@ -43,9 +43,6 @@ from gca_jax.train.state import init_state  # noqa: E402
 from gca_jax.train.step import make_train_step  # noqa: E402
 
 MODELS = ("drt", "sliding_window", "sliding_window_equal")
-# XLA:CPU compile options found by timing variants of this step interleaved (see
-# gca_jax.config.CPU_TUNED_OPTIONS; training uses the same by default).
-from gca_jax.config import CPU_TUNED_OPTIONS as CPU_COMPILER_OPTIONS  # noqa: E402
 BASELINES = ("sliding_window", "sliding_window_equal")
 
 
@@ -83,7 +80,8 @@ class Prepared:
   row: dict
 
 
-def prepare(name: str, length: int, tokens: int, execution: ExecutionConfig, options: dict) -> Prepared:
+def prepare(name: str, length: int, tokens: int, execution: ExecutionConfig) -> Prepared:
+  """Compiles the train step of ``name`` with ``execution`` (its compiler options included)."""
   cfg = model_config(name)
   model = build_model(cfg, rngs=nnx.Rngs(0), execution=execution)
   tx = make_optimizer(OptimConfig(), 1000)
@@ -91,6 +89,7 @@ def prepare(name: str, length: int, tokens: int, execution: ExecutionConfig, opt
   b = max(1, tokens // length)
   batch = {"tokens": jax.random.randint(jax.random.PRNGKey(0), (b, length), 1, cfg.vocab_size - 1)}
   t0 = time.perf_counter()
+  options = execution.compiler_options(jax.default_backend())
   compiled = jax.jit(make_train_step(graphdef, tx)).lower(state, batch).compile(options or None)
   cost = compiled.cost_analysis() or {}
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -115,8 +114,8 @@ def time_round_robin(prepared: list[Prepared], rounds: int) -> dict[str, list[fl
   return times
 
 
-def run_length(length: int, tokens: int, rounds: int, models, execution, options, peak: float):
-  prepared = [prepare(m, length, tokens, execution, options) for m in models]
+def run_length(length: int, tokens: int, rounds: int, models, execution, peak: float):
+  prepared = [prepare(m, length, tokens, execution) for m in models]
   load0 = os.getloadavg()
   times = time_round_robin(prepared, rounds)
   load1 = os.getloadavg()
@@ -142,21 +141,17 @@ def main(argv=None):
   ap.add_argument("--rounds", type=int, default=7)
   ap.add_argument("--execution", default="", help="ExecutionConfig overrides, e.g. retrieval_block=0,remat=true")
   ap.add_argument("--xla_options", default="tuned",
-                  help="'tuned' (CPU_COMPILER_OPTIONS on CPU), 'default' (none), or key=value;key=value")
+                  help="execution.cpu_compiler_options: 'tuned', 'default' or xla_cpu_key=value;...")
   ap.add_argument("--out", default="benchmarks/results/train_step.json")
   args = ap.parse_args(argv)
-  if args.xla_options == "tuned":
-    options = CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else {}
-  elif args.xla_options == "default":
-    options = {}
-  else:
-    options = dict(kv.split("=", 1) for kv in args.xla_options.split(";") if kv)
   execution = apply_overrides(Experiment(), [f"execution.{x}" for x in args.execution.split(",") if x]).execution
+  execution = dataclasses.replace(execution, cpu_compiler_options=args.xla_options)
+  options = execution.compiler_options(jax.default_backend())
   peak0 = matmul_peak()
   print(f"matmul peak (2048^3 float32): {peak0 / 1e9:.1f} GFLOP/s; load {os.getloadavg()}", flush=True)
   all_rows, all_ratios, loads = [], {}, {}
   for length in (int(x) for x in args.lengths.split(",")):
-    rows, ratios, load = run_length(length, args.tokens, args.rounds, args.models.split(","), execution, options, peak0)
+    rows, ratios, load = run_length(length, args.tokens, args.rounds, args.models.split(","), execution, peak0)
     all_rows += rows
     all_ratios[str(length)], loads[str(length)] = {k: v["median"] for k, v in ratios.items()}, load
     for r in rows:

@@ -32,6 +32,7 @@ step, haystack, length, samples and seed. Every passkey and perplexity row names
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -138,11 +139,11 @@ def trained_step(workdir: str) -> int | None:
 def same_experiment(exp, workdir: str) -> bool:
   """Whether ``workdir`` holds a run of ``exp``: every section but ``execution`` (kernels,
   blocking, compiler options change no parameter, so a run is reused under other settings)."""
-  from gca_jax.config import to_dict
+  from gca_jax.config import migrate, to_dict
   path = os.path.join(workdir, "experiment.json")
   if not os.path.exists(path):
     return False
-  identity = lambda d: {k: v for k, v in d.items() if k != "execution"}
+  identity = lambda d: {k: v for k, v in migrate(d).items() if k != "execution"}
   return identity(json.load(open(path))) == identity(json.loads(json.dumps(to_dict(exp))))
 
 
@@ -176,7 +177,6 @@ class EvalCache:
   def put(self, key: str, row: dict) -> None:
     if row.get("not_run"):  # cheap to redo, and the reason may change with the settings
       return
-    import fcntl
     self.rows[key] = row
     with open(self.path + ".lock", "w") as lock:
       fcntl.flock(lock, fcntl.LOCK_EX)

@@ -106,3 +106,21 @@ def test_eval_cache_keeps_rows_of_another_process(tmp_path):
   a.put("passkey|x|L240", {"accuracy": 0.5})
   assert demo_mod.EvalCache(path).rows == {"passkey|x|L120": {"accuracy": 1.0}, "ppl|y|L240": {"ppl": 3.0},
                                            "passkey|x|L240": {"accuracy": 0.5}}
+
+
+def test_same_experiment_ignores_execution_and_reads_old_json(tmp_path):
+  """A workdir's run is the same experiment under other execution settings, also when its
+  experiment.json is of the older form (execution keys inside ``model``, no new execution keys);
+  a different model, data or step count is not."""
+  from experiments import demo as demo_mod
+  from gca_jax.config import apply_overrides, to_dict
+  exp = get_experiment("demo_drt")
+  d = json.loads(json.dumps(to_dict(exp)))
+  old = {**d, "model": {**d["model"], "remat": True, "attn_block": 16},
+         "execution": {k: v for k, v in d["execution"].items() if k not in ("remat", "attn_block", "cpu_compiler_options")}}
+  (tmp_path / "experiment.json").write_text(json.dumps(old))
+  assert demo_mod.same_experiment(exp, str(tmp_path))
+  assert demo_mod.same_experiment(apply_overrides(exp, ["execution.cpu_compiler_options=default"]), str(tmp_path))
+  for change in ("model.top_k=4", "data.seq_len=240", "train.steps=1201"):
+    assert not demo_mod.same_experiment(apply_overrides(exp, [change]), str(tmp_path)), change
+  assert not demo_mod.same_experiment(exp, str(tmp_path / "missing"))

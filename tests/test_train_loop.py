@@ -112,3 +112,13 @@ def test_grad_accum_equals_one_big_batch():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   assert not all(np.array_equal(a, b) for a, b in zip(
       jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(state.params)))
+
+
+def test_train_compiles_with_the_execution_compiler_options(tmp_path):
+  """execution.cpu_compiler_options reaches XLA through the loop's jitted steps: an option XLA
+  does not know is refused by XLA's compiler (so the tuned default is passed the same way)."""
+  exp = apply_overrides(get_experiment("tiny_synthetic"),
+                        ["train.steps=2", f"data.cache_dir={tmp_path / 'cache'}",
+                         "execution.cpu_compiler_options=xla_cpu_not_an_option=1"])
+  with pytest.raises(Exception, match="No such compile option: 'xla_cpu_not_an_option'"):
+    train(exp, str(tmp_path / "w"))
