@@ -221,6 +221,7 @@ def passkey_rows(kind: str, exp, run_dir: str, step: int, cache: EvalCache, hay,
       else:
         r = passkey.passkey_eval(_model(exp, run_dir, state), tok, hay, [n], variant=variant,
                                  samples=samples, seed=seed, token_cnt=passkey.trained_token_cnt(exp, variant),
+                                 alphabet=passkey.trained_alphabet(exp, variant),
                                  batch=passkey_batch(n, samples), segment_chunks=1024,
                                  engines=state.setdefault("engines", {}),
                                  model_name=kind, log=lambda *_: None)[0]

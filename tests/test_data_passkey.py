@@ -15,6 +15,7 @@ class CharTok:
 
   pad_id = 0
   digit_ids = [ord(c) for c in "0123456789"]
+  key_ids = [ord(c) for c in "abcdefghijklmnopqrstuvwxyz"]
 
   def encode(self, s):
     return [ord(c) for c in s]
@@ -27,9 +28,9 @@ def text(ids):
 HAY = np.full(2 * L, ord("."), np.int64)  # a haystack of dots: needles stand out
 
 
-def sample(variant, t=None, seed=0, c=C, length=L):
-  return passkey.make_passkey_sample(HAY, length, np.random.default_rng(seed), CharTok(), variant,
-                                     token_cnt=t, layout_chunk=c)
+def sample(variant, t=None, seed=0, c=C, length=L, alphabet="digits", tok=None):
+  return passkey.make_passkey_sample(HAY, length, np.random.default_rng(seed), tok or CharTok(), variant,
+                                     token_cnt=t, layout_chunk=c, alphabet=alphabet)
 
 
 def test_single_layout():
@@ -63,6 +64,36 @@ def test_multihop_layout():
   assert q.count("|DEF ") == 4 and len(s["needle_starts"]) == 4
   assert (np.diff(s["needle_starts"]) > 0).all()
   assert (s["labels"][L - 63 + a:] == -100).sum() == C - 1 - a
+
+
+def test_multihop_token_alphabet():
+  """alphabet='tokens': the variables are drawn from the tokenizer's key_ids (letters here),
+  the layout and the chains are unchanged."""
+  letters = set("abcdefghijklmnopqrstuvwxyz")
+  seen = set()
+  for seed in range(20):
+    s = sample("multihop", t=5, seed=seed, alphabet="tokens")
+    v1, v2 = text(s["tokens"][L - 63:L - 52]).split(",")
+    q = text(s["tokens"][:L - 63])
+    v0 = q.rsplit("|The path from ", 1)[1].split(" is ")[0]
+    assert len(v0) == len(v1) == len(v2) == 5 and set(v0 + v1 + v2) <= letters
+    assert f"|DEF {v0} -> {v1}|" in q and f"|DEF {v1} -> {v2}|" in q
+    seen |= set(v0 + v1 + v2)
+  assert len(seen) > 20  # uniform over the 26 letters, not a few of them
+  # the digit alphabet stays the default: same rng, same draws, digits
+  d = sample("multihop", t=5, seed=3)
+  assert text(d["tokens"][L - 63:L - 52]).replace(",", "").isdigit()
+
+
+def test_token_alphabet_errors():
+  class NoKeys:
+    pad_id = 0
+    digit_ids = CharTok.digit_ids
+    encode = CharTok.encode
+  with pytest.raises(ValueError, match="no key_ids"):
+    sample("single", t=5, alphabet="tokens", tok=NoKeys())
+  with pytest.raises(ValueError, match="unknown passkey alphabet 'emoji'"):
+    sample("single", t=5, alphabet="emoji")
 
 
 def test_multi_layout():

@@ -50,6 +50,18 @@ def test_digits_are_single_tokens(tok):
   assert len(set(tok.digit_ids)) == 10
 
 
+def test_key_ids_are_ordinary_pieces(tok):
+  keys = set(tok.key_ids)
+  # 4 specials, 256 byte-fallback pieces, the newline and the landmark: none is a key
+  assert not keys & {tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id, tok.landmark_id}
+  assert not keys & set(tok.encode("\n"))
+  assert all(not tok.id_to_piece(i).startswith("<0x") for i in keys)
+  assert all("|" not in tok.id_to_piece(i) for i in keys)
+  assert set(tok.digit_ids) <= keys  # digits are ordinary pieces too
+  # every key is a piece that text can produce and that decodes to non-blank text
+  assert all(tok.decode([i]).strip() for i in keys) and len(keys) >= 100
+
+
 def test_newline_is_one_piece(tok):
   assert len(tok.encode("\n")) == 1
 

@@ -39,3 +39,51 @@ def test_drt_pallas_interpret_matches_xla_loss_and_grads(platform):
                                err_msg=jax.tree_util.keystr(path))
   # the retriever really is trained through the kernel's dW
   assert float(jnp.abs(g2["lmk_norms"][0]["scale"][...]).max()) > 0
+
+
+def live_kernels(jaxpr, live=None) -> int:
+  """pallas_calls whose results reach the jaxpr's ``live`` outputs (all by default), looking
+  into remat/pjit bodies: what XLA keeps after dead-code elimination."""
+  live_vars = {id(v) for v, keep in zip(jaxpr.outvars, live or [True] * len(jaxpr.outvars)) if keep}
+  count = 0
+  for e in reversed(jaxpr.eqns):
+    outs = [id(v) in live_vars for v in e.outvars]
+    if not any(outs):
+      continue
+    inner = e.params.get("jaxpr")
+    inner = getattr(inner, "jaxpr", inner)
+    if e.primitive.name in ("remat2", "checkpoint", "pjit", "closed_call") and hasattr(inner, "eqns"):
+      count += live_kernels(inner, outs)
+    count += e.primitive.name == "pallas_call"
+    live_vars |= {id(v) for v in e.invars if not hasattr(v, "val")}
+  return count
+
+
+@pytest.mark.parametrize("platform", ["tpu", "gpu"])
+def test_remat_save_gca_runs_no_forward_kernel_twice(platform):
+  """remat with remat_policy="save_gca" keeps the kernel's output and log-sum-exp: the gradient
+  program holds one forward kernel per GCA layer (two with "nothing": the recomputation), and
+  both give the XLA path's gradients without remat."""
+  cfg = ModelConfig(vocab_size=64, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=32, lower_layers=1,
+                    upper_layers=(1, 1), encoder_layers=1, chunk_size=7, top_k=3, window=16, gumbel=False)
+  toks = jax.random.randint(jax.random.PRNGKey(1), (2, 40), 1, 62)
+
+  def grads(**kw):
+    model = DRT(cfg, rngs=nnx.Rngs(0), execution=ExecutionConfig(**kw))
+    graphdef, params = nnx.split(model, nnx.Param)
+    f = jax.grad(lambda p: loss_fn(p, graphdef, {"tokens": toks}, None, train=False)[0])
+    return f(params), jax.make_jaxpr(f)(params).jaxpr
+
+  want, _ = grads(gca_impl="xla")
+  kernels = {}
+  for policy in ("save_gca", "nothing"):
+    got, jaxpr = grads(gca_impl="pallas", gca_platform=platform, gca_interpret=True, remat=True,
+                       remat_policy=policy)
+    kernels[policy] = live_kernels(jaxpr)
+    for path, a in jax.tree_util.tree_leaves_with_path(want):
+      b = dict(jax.tree_util.tree_leaves_with_path(got))[path]
+      scale = max(float(jnp.abs(a).max()), 1e-6)
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-5 * scale + 1e-8,
+                                 err_msg=f"{policy} {jax.tree_util.keystr(path)}")
+  n_gca = sum(cfg.upper_layers)  # forward, dq and dk/dv kernels per GCA layer
+  assert kernels == {"save_gca": 3 * n_gca, "nothing": 4 * n_gca}, kernels

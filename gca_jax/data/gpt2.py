@@ -80,6 +80,11 @@ class GPT2Tokenizer:
     """Ids of ``"0"``..``"9"`` (single BPE tokens)."""
     return [self._enc.encode_single_token(d) for d in DIGITS]
 
+  @property
+  def key_ids(self) -> list[int]:
+    """Random-token passkey variables draw from [0, 50256), as the paper's collators do."""
+    return list(range(EOT_ID))
+
   def encode(self, text: str) -> list[int]:
     return self._enc.encode_ordinary(text)
 

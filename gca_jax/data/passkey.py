@@ -8,8 +8,11 @@ chunk landmark performs the retrieval the answer chunk uses): needles lie in
 are ignored. ``key_pos`` is the one answer position checked by the paper's accuracy: the first
 answer token for ``single``, the last for ``multihop`` and ``multi``.
 
-Unlike the reference code, variables are random strings of digit tokens (our tokenizer splits
-digits) and every random choice comes from the caller's per-sample ``rng`` (the reference code uses the global RNG here).
+Variables are random strings of digit tokens by default (our tokenizer splits digits); with
+``alphabet="tokens"`` they are random ordinary tokens of the vocabulary, as in the paper (whose
+keys are uniform GPT-2 ids), which lets a retrieval query match a needle by the identity of its
+tokens rather than by a pattern of ten digits. Every random choice comes from the caller's
+per-sample ``rng`` (the reference code uses the global RNG here).
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from typing import Any, Protocol
 import numpy as np
 from jaxtyping import Int
 
+from gca_jax.config import PASSKEY_ALPHABETS
 from gca_jax.config import PASSKEY_VARIANTS as VARIANTS
 DEFAULT_TOKEN_CNT = {"single": 10, "multihop": 5, "multi": 5}
+ALPHABETS = PASSKEY_ALPHABETS
 IGNORE_ID = -100
 
 # Template strings (docs/method.md, Evaluation protocols), tokenised with the caller's tokenizer.
@@ -39,26 +44,42 @@ class TokenizerLike(Protocol):
   @property
   def digit_ids(self) -> list[int]: ...
 
+  # ``key_ids`` (ordinary token ids for ``alphabet="tokens"``) is optional: only that alphabet reads it.
+
   def encode(self, text: str) -> list[int]: ...
 
 
-def random_digits(rng: np.random.Generator, n: int, tok: TokenizerLike) -> np.ndarray:
-  """``n`` random digit token ids."""
-  return np.asarray(tok.digit_ids, np.int64)[rng.integers(0, 10, n)]
+def key_alphabet(tok: TokenizerLike, alphabet: str = "digits") -> np.ndarray:
+  """The token ids passkey variables are drawn from: the ten digits, or the tokenizer's
+  ``key_ids`` (ordinary pieces: no control, byte, padding or landmark ids, none holding ``|``)."""
+  if alphabet == "digits":
+    return np.asarray(tok.digit_ids, np.int64)
+  if alphabet == "tokens":
+    ids = getattr(tok, "key_ids", None)
+    if ids is None:
+      raise ValueError(f"{type(tok).__name__} has no key_ids, so alphabet='tokens' cannot draw "
+                       "random token variables; use alphabet='digits' or a gca_jax tokenizer")
+    return np.asarray(ids, np.int64)
+  raise ValueError(f"unknown passkey alphabet {alphabet!r}; use one of {ALPHABETS}")
+
+
+def random_key(rng: np.random.Generator, n: int, alphabet: np.ndarray) -> np.ndarray:
+  """``n`` random ids of ``alphabet`` (uniform, with repetition)."""
+  return alphabet[rng.integers(0, len(alphabet), n)]
 
 
 def _cat(*parts) -> np.ndarray:
   return np.concatenate([np.asarray(p, np.int64).reshape(-1) for p in parts])
 
 
-def _layout(variant: str, rng: np.random.Generator, tok: TokenizerLike, t: int):
+def _layout(variant: str, rng: np.random.Generator, tok: TokenizerLike, t: int, alphabet: np.ndarray):
   """Needles (in insertion order), question, answer and the checked answer offset."""
   enc = tok.encode
   if variant == "single":
-    key = random_digits(rng, t, tok)
+    key = random_key(rng, t, alphabet)
     return [_cat(enc(SINGLE_NEEDLE[0]), key, enc(SINGLE_NEEDLE[1]))], _cat(enc(SINGLE_QUESTION)), key, 0
   if variant == "multihop":  # real chain v0->v1->v2, distractor chain v3->v4->v5
-    v = [random_digits(rng, t, tok) for _ in range(6)]
+    v = [random_key(rng, t, alphabet) for _ in range(6)]
     pre, mid, post = HOP_NEEDLE
     needles = [_cat(enc(pre), a, enc(mid), b, enc(post)) for a, b in
                ((v[0], v[1]), (v[1], v[2]), (v[3], v[4]), (v[4], v[5]))]
@@ -66,7 +87,7 @@ def _layout(variant: str, rng: np.random.Generator, tok: TokenizerLike, t: int):
     question = _cat(enc(HOP_QUESTION[0]), v[0], enc(HOP_QUESTION[1]))
     return [needles[i] for i in rng.permutation(len(needles))], question, answer, len(answer) - 1
   if variant == "multi":  # one real key/value pair, five distractors
-    v = [random_digits(rng, t, tok) for _ in range(12)]
+    v = [random_key(rng, t, alphabet) for _ in range(12)]
     pre, mid, post = MULTI_NEEDLE
     needles = [_cat(enc(pre), v[2 * i], enc(mid), v[2 * i + 1], enc(post)) for i in range(6)]
     question = _cat(enc(MULTI_QUESTION[0]), v[0], enc(MULTI_QUESTION[1]))
@@ -76,8 +97,9 @@ def _layout(variant: str, rng: np.random.Generator, tok: TokenizerLike, t: int):
 
 def make_passkey_sample(haystack_tokens: Int[np.ndarray, "n"], length: int, rng: np.random.Generator,
                         tok: TokenizerLike, variant: str = "single", token_cnt: int | None = None,
-                        layout_chunk: int = 64) -> dict[str, Any]:
-  """One needle sample of ``length`` tokens built from ``haystack_tokens`` (pure given ``rng``).
+                        layout_chunk: int = 64, alphabet: str = "digits") -> dict[str, Any]:
+  """One needle sample of ``length`` tokens built from ``haystack_tokens`` (pure given ``rng``);
+  ``alphabet`` ("digits" or "tokens", see ``key_alphabet``) is what the variables are made of.
 
   Returns ``tokens`` (int32[L], padding = ``tok.pad_id``), ``labels`` (tokens with
   ``IGNORE_ID`` after the answer), ``loss_mask`` (int32, 1 where labels count),
@@ -90,7 +112,7 @@ def make_passkey_sample(haystack_tokens: Int[np.ndarray, "n"], length: int, rng:
     raise ValueError(f"token_cnt={t} must be >= 1")
   if c < 2:
     raise ValueError(f"layout_chunk={c} must be >= 2")
-  needles, question, answer, key_off = _layout(variant, rng, tok, t)
+  needles, question, answer, key_off = _layout(variant, rng, tok, t, key_alphabet(tok, alphabet))
   q, a = len(question), len(answer)
   if a > c - 1:
     raise ValueError(f"answer of {a} tokens does not fit the last chunk (layout_chunk={c}); "

@@ -166,7 +166,7 @@ def train_dataset(store_dir: str | os.PathLike, seq_len: int, batch_size: int, s
                   passkey: dict | None = None, tok: Any = None, windows: str = "across",
                   read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
   """Batched random windows of ``split``. ``batch_size`` is global; ``passkey`` holds
-  ``make_passkey_sample`` keyword arguments (``variant``, ``token_cnt``, ``layout_chunk``)."""
+  ``make_passkey_sample`` keyword arguments (``variant``, ``token_cnt``, ``layout_chunk``, ``alphabet``)."""
   reader = _SplitReader(store_dir, split)
   check_windows_fit(reader, [0], seq_len, windows, f"split {split!r} of {store_dir}")
   shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
@@ -199,7 +199,7 @@ def datasets_from_config(cfg, log=print):
   passkey = None
   if cfg.passkey:
     passkey = {"variant": cfg.passkey, "token_cnt": cfg.passkey_tokens or None,
-               "layout_chunk": cfg.layout_chunk}
+               "layout_chunk": cfg.layout_chunk, "alphabet": cfg.passkey_alphabet}
   ro = grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch)
   if cfg.shards:
     from gca_jax.data import shard_pipeline

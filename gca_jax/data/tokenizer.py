@@ -122,6 +122,15 @@ class Tokenizer:
                            "model; train it with split_digits=True")
     return ids
 
+  @property
+  def key_ids(self) -> list[int]:
+    """Ordinary pieces for random-token passkey variables: no control, unknown, byte-fallback,
+    unused or user-defined pieces (padding, ``<lmk>``, newline), none blank or holding ``|``."""
+    sp = self._sp
+    return [i for i in range(self.vocab_size)
+            if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i))
+            and sp.id_to_piece(i).replace("\u2581", " ").strip() and "|" not in sp.id_to_piece(i)]
+
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text, out_type=int)
 

@@ -15,6 +15,7 @@ import sys
 from absl import flags
 from etils import epath
 
+from gca_jax.config import PASSKEY_ALPHABETS as ALPHABETS
 from gca_jax.config import PASSKEY_VARIANTS, ConfigError, Experiment, from_dict
 
 
@@ -32,6 +33,8 @@ _define("integer", "samples", 10, "Passkey samples per length.")
 _define("string", "variant", "single", f"Passkey variant: one of {PASSKEY_VARIANTS}.")
 _define("integer", "passkey_tokens", 0, "Tokens per passkey variable (0: what the run was trained "
         "with for this variant, else the variant's default).")
+_define("string", "passkey_alphabet", "", "What passkey variables are made of: 'digits' or 'tokens' "
+        "(random vocabulary ids); empty: what the run was trained with for this variant.")
 _define("string", "haystack", "", "Haystack / held-out tokens: a text file (tokenised with the run's "
         "tokenizer), a .npy token array, a token-store folder, or 'random'. Empty: the run's "
         "validation split.")
@@ -130,12 +133,15 @@ def eval_passkey_main(fl=flags.FLAGS, exp: Experiment | None = None) -> dict:
   tok = make_tokenizer(exp, _get(fl, "tokenizer", "run"))
   templates = Templates(_get(fl, "needle_template"), _get(fl, "question_template"))
   token_cnt = _get(fl, "passkey_tokens", 0) or passkey.trained_token_cnt(exp, variant)
-  passkey.check_lengths(lengths, tok, variant, token_cnt, exp.model, templates)
+  alphabet = _get(fl, "passkey_alphabet", "") or passkey.trained_alphabet(exp, variant)
+  if alphabet not in ALPHABETS:
+    raise EvalError(f"--passkey_alphabet={alphabet!r} is unknown; use one of {ALPHABETS}")
+  passkey.check_lengths(lengths, tok, variant, token_cnt, exp.model, templates, alphabet)
   hay = load_tokens(_get(fl, "haystack", ""), exp, tok, max(lengths))
   model, source = load_model(exp, workdir, _get(fl, "random_init", False))
   rows = passkey.passkey_eval(
       model, tok, hay, lengths, variant=variant, samples=_get(fl, "samples", 10),
-      seed=_get(fl, "eval_seed", 0), token_cnt=token_cnt, templates=templates,
+      seed=_get(fl, "eval_seed", 0), token_cnt=token_cnt, templates=templates, alphabet=alphabet,
       segment_chunks=_get(fl, "segment_chunks", 1024), batch=_get(fl, "eval_batch", 1),
       offload=_get(fl, "offload", False), budget_gb=_get(fl, "memory_budget_gb", 20.0),
       model_name=f"{exp.name} ({exp.model.model_type}, {source})", progress=_progress())

@@ -22,6 +22,11 @@ class ByteTokenizer:
   def digit_ids(self) -> list[int]:
     return [ord(d) for d in "0123456789"]
 
+  @property
+  def key_ids(self) -> list[int]:
+    """Letters, for random-token passkey variables."""
+    return [ord(c) for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"]
+
   def encode(self, text: str) -> list[int]:
     return [b if 0 < b < 127 else 63 for b in text.encode("utf-8")]
 

@@ -33,7 +33,8 @@ def layout_chunk(cfg) -> int:
   return cfg.chunk_size
 
 
-def build_sample(hay, length: int, rng, tok, variant: str, token_cnt, cfg, templates=None) -> dict:
+def build_sample(hay, length: int, rng, tok, variant: str, token_cnt, cfg, templates=None,
+                 alphabet: str = "digits") -> dict:
   """One sample, with a clear error when ``length`` is too short for the layout."""
   if variant not in builder.VARIANTS:
     raise ValueError(f"unknown passkey variant {variant!r}; use one of {builder.VARIANTS}")
@@ -42,7 +43,7 @@ def build_sample(hay, length: int, rng, tok, variant: str, token_cnt, cfg, templ
   with applied(variant, templates):
     try:
       return builder.make_passkey_sample(hs.window(hay, start, length), length, rng, tok, variant,
-                                         token_cnt, layout_chunk=c)
+                                         token_cnt, layout_chunk=c, alphabet=alphabet)
     except ValueError as e:
       raise ValueError(f"passkey length {length} is invalid for variant {variant!r} with a "
                        f"{c}-token layout chunk: {e}") from None
@@ -54,11 +55,17 @@ def trained_token_cnt(exp, variant: str) -> int | None:
   return (exp.data.passkey_tokens or None) if exp.data.passkey == variant else None
 
 
-def check_lengths(lengths, tok, variant: str, token_cnt, cfg, templates=None) -> None:
+def trained_alphabet(exp, variant: str) -> str:
+  """What a run's passkey variables were made of for ``variant`` (digits unless it trained on
+  that variant with ``data.passkey_alphabet``)."""
+  return exp.data.passkey_alphabet if exp.data.passkey == variant else "digits"
+
+
+def check_lengths(lengths, tok, variant: str, token_cnt, cfg, templates=None, alphabet: str = "digits") -> None:
   """Raises before anything runs if a length is too short for the layout."""
   hay = np.full(64, 32, np.int32)
   for n in lengths:
-    build_sample(hay, n, np.random.default_rng(0), tok, variant, token_cnt, cfg, templates)
+    build_sample(hay, n, np.random.default_rng(0), tok, variant, token_cnt, cfg, templates, alphabet)
 
 
 def model_inputs(sample: dict, cfg) -> tuple[np.ndarray, int]:
@@ -126,6 +133,7 @@ def _score_full(model, x, truth, kp, pad, a_start, a_len):
 
 def passkey_eval(model, tok, haystack, lengths, *, variant: str = "single", samples: int = 10,
                  seed: int = 0, token_cnt: int | None = None, templates: Templates | None = None,
+                 alphabet: str = "digits",
                  segment_chunks: int = 1024, batch: int = 1, offload: bool = False,
                  mode: str = "tail", budget_gb: float = 20.0, model_name: str = "",
                  engines: dict | None = None,
@@ -135,7 +143,7 @@ def passkey_eval(model, tok, haystack, lengths, *, variant: str = "single", samp
   lengths = runtime.parse_lengths(lengths)
   if samples < 1:
     raise ValueError(f"samples={samples} must be >= 1")
-  check_lengths(lengths, tok, variant, token_cnt, cfg, templates)
+  check_lengths(lengths, tok, variant, token_cnt, cfg, templates, alphabet)
   engines = {} if engines is None else engines  # segment size -> Engine (compiled once)
   rows = []
   for n in lengths:
@@ -151,7 +159,7 @@ def passkey_eval(model, tok, haystack, lengths, *, variant: str = "single", samp
     bar = progress(total=samples, desc=f"passkey {variant} L={n}", leave=False) if progress else None
     for ids in runtime.batches(samples, batch):
       batch_samples = [build_sample(haystack, n, runtime.sample_rng(seed, n, i), tok, variant,
-                                    token_cnt, cfg, templates) for i in ids]
+                                    token_cnt, cfg, templates, alphabet) for i in ids]
       h, e = score_batch(model, engine, batch_samples, mode=mode,
                          progress=progress if n >= (1 << 20) else None)
       hits, exact = hits + int(h.sum()), exact + int(e.sum())

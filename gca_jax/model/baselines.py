@@ -30,7 +30,7 @@ class _DecoderLM(LanguageModel):
     tokens = self._ids(tokens)
     h = constrain(self.embed(jnp.where(tokens < 0, self.cfg.pad_id, tokens).astype(jnp.int32)), "batch", None, None)
     for layer in self.layers:
-      h = call_layer(layer, self.run.remat, h)
+      h = call_layer(layer, self.run, h)
     return self.output(h, [], return_hidden)
 
 

@@ -20,6 +20,7 @@ from gca_jax.model.chunking import insert_landmarks, remove_landmarks
 from gca_jax.model.gca import ChunkMemory, DecoderLayer, UpperLayer
 from gca_jax.model.layers import Embedding, RMSNorm
 from gca_jax.model.retrieval import select_chunks, serve_next_chunk
+from pallas_kernels.gca import GCA_SAVED
 
 
 def noise_key(rngs, stream: str = "gumbel") -> jax.Array:
@@ -31,10 +32,13 @@ def noise_key(rngs, stream: str = "gumbel") -> jax.Array:
   return rngs
 
 
-def call_layer(layer, remat: bool, *args):
-  """Calls a layer, recomputing it in the backward pass when ``remat``."""
-  if remat:
-    return nnx.remat(lambda mod, *a: mod(*a))(layer, *args)
+def call_layer(layer, run: ExecutionConfig, *args):
+  """Calls a layer, recomputing it in the backward pass when ``run.remat``; with
+  ``run.remat_policy="save_gca"`` the GCA kernels' named outputs (``GCA_SAVED``) are kept."""
+  if run.remat:
+    policy = (jax.checkpoint_policies.save_only_these_names(*GCA_SAVED)
+              if run.remat_policy == "save_gca" else None)
+    return nnx.remat(lambda mod, *a: mod(*a), policy=policy)(layer, *args)
   return layer(*args)
 
 
@@ -93,7 +97,7 @@ class DRT(LanguageModel):
     p = cfg.chunk_positions
     x = self.enc_prenorm(h.reshape(b * (n // p), p, d))
     for layer in self.encoder:
-      x = call_layer(layer, self.run.remat, x)
+      x = call_layer(layer, self.run, x)
     enc = self.enc_norm(x).reshape(b, n // p, p, d)
     k_mem, v_mem = self.memory(enc)
     return enc[:, :, -1], k_mem, v_mem
@@ -111,14 +115,14 @@ class DRT(LanguageModel):
               return_hidden: bool = False) -> dict:
     """Logits [B, T, V] (float32), or ``hidden`` [B, T, D] before the final norm when
     ``return_hidden``, plus each group's retrieval (idx, w) made at the landmarks."""
-    cfg, remat = self.cfg, self.run.remat
+    cfg, run = self.cfg, self.run
     tokens = self._ids(tokens)
     length = tokens.shape[1]
     x = insert_landmarks(tokens, cfg.chunk_size, cfg.lmk_id, cfg.pad_id).astype(jnp.int32)
     key = noise_key(rngs) if train and cfg.gumbel else None
     h = constrain(self.embed(x), "batch", None, None)
     for layer in self.lower:
-      h = call_layer(layer, remat, h)
+      h = call_layer(layer, run, h)
     lmk_keys, k_mem, v_mem = self.encode_chunks(h)
     p = cfg.chunk_positions
     retrieval = []
@@ -128,5 +132,5 @@ class DRT(LanguageModel):
       retrieval.append((idx, w))
       idx_used, w_used = serve_next_chunk(idx, w)  # [B, C-1, K]: empty for a single chunk
       for layer in layers:
-        h = call_layer(layer, remat, h, k_mem, v_mem, idx_used, w_used)
+        h = call_layer(layer, run, h, k_mem, v_mem, idx_used, w_used)
     return self.output(remove_landmarks(h, cfg.chunk_size, length), retrieval, return_hidden)

@@ -36,6 +36,7 @@ import numpy as np
 from pallas_kernels.gca import gpu_kernels
 from pallas_kernels.gca.gpu_block_sizes import GpuBlockSizes, default_gpu_block_sizes
 from pallas_kernels.gca.gpu_cost import cost_model, padded_dims
+from pallas_kernels.gca.remat import tag_saved
 
 GPU_KERNEL_AVAILABLE = True
 CUSTOM_CALL = "__gpu$xla.gpu.triton"  # what the kernel lowers to for CUDA
@@ -57,7 +58,7 @@ def make_gpu_kernel(*, seq_len: int, head_dim: int, softmax_one: bool, block_siz
     return gpu_kernels.fwd(q, k, v, idx, w, softmax_one=softmax_one, **common, **launch)
 
   def forward_with_residuals(q, k, v, idx, w):
-    out, lse = forward(q, k, v, idx, w)
+    out, lse = tag_saved(*forward(q, k, v, idx, w))  # kept by a save_gca remat policy
     return out, (q, k, v, idx, w, lse)
 
   def backward(res, do):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels.gca import tpu
+from pallas_kernels.gca.remat import tag_saved
 
 
 def reverse_map(idx, w, n_chunks: int, n_mem: int):
@@ -52,7 +53,7 @@ def make_gca_kernel(*, seq_len: int, n_chunks: int, softmax_one: bool, block_siz
     return forward(q, k, v, idx, w)[0]
 
   def gca_fwd(q, k, v, idx, w):
-    out, lse = forward(q, k, v, idx, w)
+    out, lse = tag_saved(*forward(q, k, v, idx, w))  # kept by a save_gca remat policy
     return out, (q, k, v, idx, w, lse)
 
   def gca_bwd(res, do):
