@@ -85,6 +85,19 @@ def test_demo_writes_results_and_reuses_finished_stages(tmp_path):
   out2 = _run(workdir, cache)  # nothing left to do: the run and every eval are reused
   assert "reusing it" in out2 and "step 1/" not in out2
   assert json.loads((workdir / "results.json").read_text())["passkey"] == res["passkey"]
+  # experiments.score_run: one finished run, both haystacks, lengths in tokens
+  env = dict(os.environ, JAX_PLATFORMS="cpu", GCA_JAX_CACHE=str(cache))
+  score = [sys.executable, "-m", "experiments.score_run", f"--run={workdir / 'demo_drt'}", "--samples=3",
+           f"--heldout={workdir.parent / 'manuals'}"]
+  bad = subprocess.run([*score, "--lengths=130"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and "not multiples of the run's training length 120" in bad.stderr
+  assert not (workdir / "demo_drt" / "score_run.json").exists()
+  ok = subprocess.run([*score, "--lengths=120,240"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  rows = json.loads((workdir / "demo_drt" / "score_run.json").read_text())
+  assert [(r["haystack"], r["length"], r["samples"]) for r in rows] == [
+      (h, n, 3) for h in ("validation", "manuals") for n in (120, 240)]
+  assert all(0.0 <= r["accuracy"] <= 1.0 and r["run"] == "demo_drt" for r in rows)
 
 
 def test_heldout_family_must_be_unseen(tmp_path):
