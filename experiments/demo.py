@@ -127,6 +127,16 @@ def haystacks(exp, tok, store, heldout: str, log=_log) -> dict:
   return out
 
 
+def corpus_haystacks(exp, heldout: str, log=_log) -> tuple:
+  """(tokenizer, ``haystacks``) of ``exp``'s fetched corpus: the tokenizer and token store are
+  built on first use (cached), the unseen family ``heldout`` is fetched if named."""
+  from gca_jax.data import token_store, tokenizer
+  tok = tokenizer.build_tokenizer(exp.data.corpus, exp.data.vocab_size, exp.data.cache_dir, log=log)
+  store = token_store.token_store_for(exp.data.corpus, tok, exp.data.cache_dir, exp.data.val_fraction,
+                                      log=log)
+  return tok, haystacks(exp, tok, store, heldout, log=log)
+
+
 def trained_step(workdir: str) -> int | None:
   """The step of a finished training run in ``workdir`` (None if not finished)."""
   path = os.path.join(workdir, "summary.json")
@@ -428,11 +438,7 @@ def run(workdir: str, overrides: list[str], baselines: bool) -> dict:
 
   _log("== 2. tokenizer and token store")
   t1 = time.time()
-  from gca_jax.data import token_store, tokenizer
-  tok = tokenizer.build_tokenizer(drt.data.corpus, drt.data.vocab_size, drt.data.cache_dir, log=_log)
-  store = token_store.token_store_for(drt.data.corpus, tok, drt.data.cache_dir, drt.data.val_fraction,
-                                      log=_log)
-  hays = haystacks(drt, tok, store, HELDOUT.value)
+  tok, hays = corpus_haystacks(drt, HELDOUT.value)
   timings["tokenizer"] = time.time() - t1
   _log("haystacks: " + ", ".join(f"{haystack_label(h)} {len(v):,} tokens" for h, v in hays.items()))
 

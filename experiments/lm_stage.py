@@ -74,17 +74,12 @@ def run_stage(workdir: str, overrides: list[str], cache, *, heldout: str, multip
   scores them; the results' ``lm_ppl``, ``lm_models`` and ``lm_targets``."""
   from experiments.registry import get_experiment
   from gca_jax.config import apply_overrides
-  from gca_jax.data import token_store, tokenizer
   exps = {m: apply_overrides(get_experiment(MODELS[m]), list(overrides)) for m in models}
   first = next(iter(exps.values()))
   if any(e.data != first.data for e in exps.values()):
     raise ValueError("the lm runs must train on the same data; overrides changed one of them")
   demo.fetch(first)
-  tok = tokenizer.build_tokenizer(first.data.corpus, first.data.vocab_size, first.data.cache_dir,
-                                  log=demo._log)
-  store = token_store.token_store_for(first.data.corpus, tok, first.data.cache_dir,
-                                      first.data.val_fraction, log=demo._log)
-  hays = demo.haystacks(first, tok, store, heldout)
+  tok, hays = demo.corpus_haystacks(first, heldout)
   t = first.data.seq_len
   span_mult = max([*multipliers, *long_multipliers])
   rows, info = [], {}

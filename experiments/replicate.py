@@ -128,15 +128,11 @@ def _train_or_reuse(exp, workdir: str) -> str:
 def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
   from experiments.registry import expand_sweep, get_experiment
   from gca_jax.config import apply_overrides
-  from gca_jax.data import token_store, tokenizer
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
   drt = demo.experiment(demo.DRT, overrides)
   demo.fetch(drt)
-  tok = tokenizer.build_tokenizer(drt.data.corpus, drt.data.vocab_size, drt.data.cache_dir, log=demo._log)
-  store = token_store.token_store_for(drt.data.corpus, tok, drt.data.cache_dir, drt.data.val_fraction,
-                                      log=demo._log)
-  hays = demo.haystacks(drt, tok, store, demo.HELDOUT.value)
+  tok, hays = demo.corpus_haystacks(drt, demo.HELDOUT.value)
   hay = hays[demo.VALIDATION]
   cache = demo.EvalCache(os.path.join(workdir, "eval_cache.json"))
   t = drt.data.seq_len

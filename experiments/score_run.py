@@ -29,7 +29,6 @@ HAYSTACKS = flags.DEFINE_string("haystacks", "validation,heldout", "Comma list: 
 
 
 def score(run_dir: str, lengths: list[int], samples: int, names: list[str], heldout: str) -> list[dict]:
-  from gca_jax.data import token_store, tokenizer
   from gca_jax.evals.cli import load_experiment
   exp = load_experiment(run_dir)
   t = exp.data.seq_len
@@ -40,11 +39,7 @@ def score(run_dir: str, lengths: list[int], samples: int, names: list[str], held
   step = demo.trained_step(run_dir)
   if step is None:
     raise ValueError(f"--run={run_dir} has no checkpoint; train it first")
-  quiet = lambda *_: None  # noqa: E731
-  tok = tokenizer.build_tokenizer(exp.data.corpus, exp.data.vocab_size, exp.data.cache_dir, log=quiet)
-  store = token_store.token_store_for(exp.data.corpus, tok, exp.data.cache_dir, exp.data.val_fraction,
-                                      log=quiet)
-  hays = demo.haystacks(exp, tok, store, heldout, log=quiet)
+  tok, hays = demo.corpus_haystacks(exp, heldout, log=lambda *_: None)
   held = [k for k in hays if k != demo.VALIDATION]
   names = [held[0] if n == "heldout" and held else n for n in names]
   unknown = [n for n in names if n not in hays]

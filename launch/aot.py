@@ -196,6 +196,12 @@ def describe(rec: dict) -> str:
           f"accessed; compile {rec['compile_s']} s")
 
 
+def remat_policy_of(row: dict) -> str:
+  """What ``remat_policy`` means for a compiled variant: "" unless remat with a GCA kernel (the
+  only program a policy changes); rows from before the policy existed saved nothing."""
+  return (row.get("remat_policy") or "nothing") if row["remat"] and row.get("gca_impl") == "pallas" else ""
+
+
 def cost_row(experiment: str, rec: dict) -> dict:
   """The step-cost row of one compiled variant: XLA's per-chip flops and bytes, the roofline
   estimate ``max(flops / peak, bytes / HBM bandwidth)`` (modeled, not measured), and memory."""
@@ -205,7 +211,7 @@ def cost_row(experiment: str, rec: dict) -> dict:
   est = None if flops is None else max(flops / peak, nbytes / bw)
   return dict(experiment=experiment, topology=rec["topology"], chips=rec["chips"], mesh=rec["mesh"],
               global_batch=rec["global_batch"], seq_len=rec["seq_len"], remat=rec["remat"],
-              remat_policy=rec.get("execution", {}).get("remat_policy", "nothing"),
+              remat_policy=remat_policy_of({**rec, "remat_policy": rec.get("execution", {}).get("remat_policy")}),
               gca_impl=rec.get("gca_impl"), ce_block=rec.get("execution", {}).get("ce_block"), flops=flops, bytes=nbytes, est_seconds=est,
               est_compute_s=None if flops is None else flops / peak,
               est_memory_s=None if nbytes is None else nbytes / bw,
@@ -221,13 +227,11 @@ def record_costs(path: str, rows: list[dict], versions: dict) -> dict:
   if os.path.exists(path):
     with open(path) as f:
       table = json.load(f)
-  # the policy only changes a program with a GCA kernel under remat
-  policy_of = lambda r: r.get("remat_policy", "nothing") if r["remat"] and r.get("gca_impl") == "pallas" else ""
-  ident = lambda r: (r["experiment"], r["topology"], r["global_batch"], r["seq_len"], r["remat"], policy_of(r))
+  for r in table["rows"]:  # older rows carry no policy
+    r["remat_policy"] = remat_policy_of(r)
+  ident = lambda r: (r["experiment"], r["topology"], r["global_batch"], r["seq_len"], r["remat"], r["remat_policy"])
   new = {ident(r) for r in rows}
   table["rows"] = [r for r in table["rows"] if ident(r) not in new] + rows
-  for r in table["rows"]:
-    r["remat_policy"] = policy_of(r)
   table["rows"].sort(key=lambda r: (r["topology"], r["global_batch"], r["experiment"], r["remat"],
                                     r["remat_policy"]))
   ratios = {}

@@ -14,6 +14,15 @@ from gca_jax.model import DRT
 from gca_jax.train.step import loss_fn
 
 
+def assert_grads_close(want, got, label=""):
+  """Every gradient leaf of ``got`` within 2e-5 of ``want``'s largest entry."""
+  got = dict(jax.tree_util.tree_leaves_with_path(got))
+  for path, a in jax.tree_util.tree_leaves_with_path(want):
+    scale = max(float(jnp.abs(a).max()), 1e-6)
+    np.testing.assert_allclose(np.asarray(got[path]), np.asarray(a), atol=2e-5 * scale + 1e-8,
+                               err_msg=f"{label} {jax.tree_util.keystr(path)}")
+
+
 @pytest.mark.parametrize("platform", ["tpu", "gpu"])
 def test_drt_pallas_interpret_matches_xla_loss_and_grads(platform):
   cfg = ModelConfig(vocab_size=64, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=32, lower_layers=1,
@@ -30,13 +39,7 @@ def test_drt_pallas_interpret_matches_xla_loss_and_grads(platform):
     results.append((float(loss), grads))
   (l1, g1), (l2, g2) = results
   np.testing.assert_allclose(l2, l1, rtol=1e-6)
-  flat1 = jax.tree_util.tree_leaves_with_path(g1)
-  flat2 = dict(jax.tree_util.tree_leaves_with_path(g2))
-  for path, a in flat1:
-    b = flat2[path]
-    scale = max(float(jnp.abs(a).max()), 1e-6)
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-5 * scale + 1e-8,
-                               err_msg=jax.tree_util.keystr(path))
+  assert_grads_close(g1, g2)
   # the retriever really is trained through the kernel's dW
   assert float(jnp.abs(g2["lmk_norms"][0]["scale"][...]).max()) > 0
 
@@ -80,10 +83,6 @@ def test_remat_save_gca_runs_no_forward_kernel_twice(platform):
     got, jaxpr = grads(gca_impl="pallas", gca_platform=platform, gca_interpret=True, remat=True,
                        remat_policy=policy)
     kernels[policy] = live_kernels(jaxpr)
-    for path, a in jax.tree_util.tree_leaves_with_path(want):
-      b = dict(jax.tree_util.tree_leaves_with_path(got))[path]
-      scale = max(float(jnp.abs(a).max()), 1e-6)
-      np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-5 * scale + 1e-8,
-                                 err_msg=f"{policy} {jax.tree_util.keystr(path)}")
+    assert_grads_close(want, got, policy)
   n_gca = sum(cfg.upper_layers)  # forward, dq and dk/dv kernels per GCA layer
   assert kernels == {"save_gca": 3 * n_gca, "nothing": 4 * n_gca}, kernels

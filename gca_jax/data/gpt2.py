@@ -10,9 +10,12 @@ contains ``<|endoftext|>`` literally is not split by it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 from collections.abc import Iterable, Sequence
+
+import numpy as np
 
 BPE_IDS = 50257
 EOT_ID = 50256  # <|endoftext|>: the document separator
@@ -80,10 +83,10 @@ class GPT2Tokenizer:
     """Ids of ``"0"``..``"9"`` (single BPE tokens)."""
     return [self._enc.encode_single_token(d) for d in DIGITS]
 
-  @property
-  def key_ids(self) -> list[int]:
+  @functools.cached_property
+  def key_ids(self) -> np.ndarray:
     """Random-token passkey variables draw from [0, 50256), as the paper's collators do."""
-    return list(range(EOT_ID))
+    return np.arange(EOT_ID, dtype=np.int64)
 
   def encode(self, text: str) -> list[int]:
     return self._enc.encode_ordinary(text)

@@ -25,7 +25,6 @@ from jaxtyping import Int
 from gca_jax.config import PASSKEY_ALPHABETS
 from gca_jax.config import PASSKEY_VARIANTS as VARIANTS
 DEFAULT_TOKEN_CNT = {"single": 10, "multihop": 5, "multi": 5}
-ALPHABETS = PASSKEY_ALPHABETS
 IGNORE_ID = -100
 
 # Template strings (docs/method.md, Evaluation protocols), tokenised with the caller's tokenizer.
@@ -60,7 +59,7 @@ def key_alphabet(tok: TokenizerLike, alphabet: str = "digits") -> np.ndarray:
       raise ValueError(f"{type(tok).__name__} has no key_ids, so alphabet='tokens' cannot draw "
                        "random token variables; use alphabet='digits' or a gca_jax tokenizer")
     return np.asarray(ids, np.int64)
-  raise ValueError(f"unknown passkey alphabet {alphabet!r}; use one of {ALPHABETS}")
+  raise ValueError(f"unknown passkey alphabet {alphabet!r}; use one of {PASSKEY_ALPHABETS}")
 
 
 def random_key(rng: np.random.Generator, n: int, alphabet: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ appended as a new last id when the model has none. ``data.tokenizer='gpt2'`` giv
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -26,6 +27,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import sentencepiece as spm
 from etils import epath
 from sentencepiece import sentencepiece_model_pb2
@@ -122,14 +124,16 @@ class Tokenizer:
                            "model; train it with split_digits=True")
     return ids
 
-  @property
-  def key_ids(self) -> list[int]:
+  @functools.cached_property
+  def key_ids(self) -> np.ndarray:
     """Ordinary pieces for random-token passkey variables: no control, unknown, byte-fallback,
-    unused or user-defined pieces (padding, ``<lmk>``, newline), none blank or holding ``|``."""
+    unused or user-defined pieces (padding, ``<lmk>``, newline), none blank or holding ``|``.
+    Scanned once per tokenizer (every passkey sample reads it)."""
     sp = self._sp
-    return [i for i in range(self.vocab_size)
-            if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i))
-            and sp.id_to_piece(i).replace("\u2581", " ").strip() and "|" not in sp.id_to_piece(i)]
+    return np.asarray([i for i in range(self.vocab_size)
+                       if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i))
+                       and sp.id_to_piece(i).replace("\u2581", " ").strip() and "|" not in sp.id_to_piece(i)],
+                      np.int64)
 
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text, out_type=int)

@@ -15,8 +15,7 @@ import sys
 from absl import flags
 from etils import epath
 
-from gca_jax.config import PASSKEY_ALPHABETS as ALPHABETS
-from gca_jax.config import PASSKEY_VARIANTS, ConfigError, Experiment, from_dict
+from gca_jax.config import PASSKEY_ALPHABETS, PASSKEY_VARIANTS, ConfigError, Experiment, from_dict
 
 
 class EvalError(ValueError):
@@ -134,8 +133,8 @@ def eval_passkey_main(fl=flags.FLAGS, exp: Experiment | None = None) -> dict:
   templates = Templates(_get(fl, "needle_template"), _get(fl, "question_template"))
   token_cnt = _get(fl, "passkey_tokens", 0) or passkey.trained_token_cnt(exp, variant)
   alphabet = _get(fl, "passkey_alphabet", "") or passkey.trained_alphabet(exp, variant)
-  if alphabet not in ALPHABETS:
-    raise EvalError(f"--passkey_alphabet={alphabet!r} is unknown; use one of {ALPHABETS}")
+  if alphabet not in PASSKEY_ALPHABETS:
+    raise EvalError(f"--passkey_alphabet={alphabet!r} is unknown; use one of {PASSKEY_ALPHABETS}")
   passkey.check_lengths(lengths, tok, variant, token_cnt, exp.model, templates, alphabet)
   hay = load_tokens(_get(fl, "haystack", ""), exp, tok, max(lengths))
   model, source = load_model(exp, workdir, _get(fl, "random_init", False))
