@@ -227,7 +227,7 @@ def record_costs(path: str, rows: list[dict], versions: dict) -> dict:
   if os.path.exists(path):
     with open(path) as f:
       table = json.load(f)
-  for r in table["rows"]:  # older rows carry no policy
+  for r in [*table["rows"], *rows]:  # rows written before the policy existed carry none
     r["remat_policy"] = remat_policy_of(r)
   ident = lambda r: (r["experiment"], r["topology"], r["global_batch"], r["seq_len"], r["remat"], r["remat_policy"])
   new = {ident(r) for r in rows}
