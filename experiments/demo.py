@@ -10,7 +10,9 @@ Stages (each skipped when its output already exists, so a rerun only does what i
 1. fetch the public-domain ``books`` corpus into the data cache (``gca_jax.data.fetch``);
 2. build the sentencepiece tokenizer (digits split) and the token store (cached);
 3. train ``demo_drt`` (``experiments/registry.py``) in ``<workdir>/demo_drt`` with
-   ``gca_jax.train.loop.train`` (resumes from the last checkpoint; a finished run is reused);
+   ``gca_jax.train.loop.train`` (resumes from the last checkpoint; a finished run is reused): a
+   two-stage curriculum (``data.curriculum``), 1200 steps on 120-token windows then 600 on
+   480-token windows, the training length of every "x train" below;
 4. evaluate on two haystacks: the training corpus's held-out (validation) split and a text
    family the model never saw (``--heldout``, default ``python_docs``: the Python manual,
    tokenised with the run's tokenizer, which never saw it either): single passkey from 1x to

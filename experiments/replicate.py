@@ -6,8 +6,8 @@ mini ablation. Hours on 2 CPU cores; every stage is cached, so reruns only do wh
 Stages (``--stages``, comma list):
 
 * ``single``: ``demo_drt`` (trained here, or reused from ``--demo_workdir`` when it holds a
-  finished run of the same experiment) on single passkey at 1x..1024x the training length with
-  ``--samples`` per length (default 300) and a 95% lower confidence bound on the accuracy
+  finished run of the same experiment) on single passkey at ``--single_multipliers`` (default
+  1x, 4x, 16x, 64x, 256x, 1024x the training length) with ``--samples`` per length (default 300) and a 95% lower confidence bound on the accuracy
   (Clopper-Pearson with scipy, Wilson otherwise; both are reported when scipy is present), and
   perplexity 1x..64x as in the demo, on both of the demo's haystacks (the validation split and
   the unseen family ``--heldout``).
@@ -59,6 +59,9 @@ STAGES = flags.DEFINE_string("stages", "single,16m,2hop,ablation,lm", "Stages to
 DEMO_WORKDIR = flags.DEFINE_string("demo_workdir", "runs/demo",
                                    "A demo folder whose finished demo_drt run may be reused.")
 SAMPLES = define("integer", "samples", 300, "Passkey samples per length (single, 2-hop).")
+SINGLE_MULTIPLIERS = flags.DEFINE_string("single_multipliers", "1,4,16,64,256,1024",
+                                          "Single-passkey lengths of the single stage (multiples "
+                                          "of the training length).")
 SAMPLES_16M = flags.DEFINE_integer("samples_16m", 10, "Passkey samples at 16M tokens.")
 LENGTH_16M = flags.DEFINE_integer("length_16m", 1 << 24, "The '16M' length (tokens).")
 ABLATION_SAMPLES = flags.DEFINE_integer("ablation_samples", 100, "Passkey samples per length in "
@@ -141,7 +144,7 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
   def stage_done(name: str, started: float) -> None:
     timings[name] = time.time() - started
     peak[name] = round(peak_rss_gb(), 2)
-  mults = demo._ints(demo.MULTIPLIERS.value)
+  mults = demo._ints(SINGLE_MULTIPLIERS.value)
 
   if "single" in stages or "16m" in stages:
     run_dir = _train_or_reuse(drt, workdir)

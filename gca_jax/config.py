@@ -7,6 +7,7 @@ Every config is a frozen dataclass that validates itself on construction and rai
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 MODEL_TYPES = ("drt", "sliding_window", "full_attention", "full_attention_rope")
@@ -224,6 +225,11 @@ class DataConfig:
   (``python -m gca_jax.data.prepare``, local or ``gs://``) read per process instead of
   ``corpus``. ``windows`` "across" samples windows over the document stream, "within" only
   inside one document.
+
+  ``curriculum`` trains on other windows first: ``"SEQ_LENxBATCH:STEPS,..."`` (e.g.
+  ``"120x32:1200"``: the first 1200 steps on windows of 120 tokens in batches of 32); the
+  remaining ``train.steps`` use ``seq_len`` and ``batch_size``, the run's training length.
+  ``stages`` lists them all; each stage has its own seed (``seed`` + stage index).
   """
 
   corpus: str = "books"
@@ -244,9 +250,38 @@ class DataConfig:
   passkey_tokens: int = 0  # 0: the variant's default (single 10, multihop/multi 5)
   passkey_alphabet: str = "digits"  # variables of random digits, or "tokens": random vocabulary ids
   layout_chunk: int = 64
+  curriculum: str = ""  # "SEQ_LENxBATCH:STEPS,..." stages before the seq_len x batch_size one
 
   def __post_init__(self):
     self.validate()
+
+  def curriculum_stages(self) -> list[tuple[int, int, int]]:
+    """``[(seq_len, batch_size, steps), ...]`` of ``curriculum`` (ConfigError when malformed)."""
+    out = []
+    for part in [p.strip() for p in self.curriculum.split(",") if p.strip()]:
+      m = re.fullmatch(r"(\d+)\s*x\s*(\d+)\s*:\s*(\d+)", part)
+      if not m or min(int(g) for g in m.groups()) < 1:
+        raise ConfigError(f"DataConfig.curriculum={self.curriculum!r} is invalid: {part!r} is not "
+                          "SEQ_LENxBATCH:STEPS with positive integers, e.g. '120x32:1200'")
+      out.append(tuple(int(g) for g in m.groups()))
+    return out
+
+  def stages(self, total_steps: int) -> list[tuple[int, DataConfig]]:
+    """``[(first_step, config), ...]``: each curriculum stage as a plain DataConfig (its windows,
+    batch and seed), then this config's own windows from the end of the curriculum to
+    ``total_steps``."""
+    out, start = [], 0
+    for i, (seq_len, batch, steps) in enumerate(self.curriculum_stages()):
+      out.append((start, dataclasses.replace(self, seq_len=seq_len, batch_size=batch,
+                                             seed=self.seed + i, curriculum="")))
+      start += steps
+    if start >= total_steps:
+      raise ConfigError(f"DataConfig.curriculum={self.curriculum!r} is invalid: its stages take "
+                        f"{start} steps, not fewer than train.steps={total_steps}; raise "
+                        "train.steps so the final stage (data.seq_len) trains, or drop the "
+                        "curriculum (--set=data.curriculum=)")
+    n = len(out)
+    return [*out, (start, dataclasses.replace(self, seed=self.seed + n, curriculum="") if n else self)]
 
   def validate(self) -> None:
     def fail(field, expected):
@@ -280,6 +315,8 @@ class DataConfig:
       fail("passkey_alphabet", f"use one of {PASSKEY_ALPHABETS}")
     if self.passkey and self.seq_len <= 3 * self.layout_chunk:
       fail("seq_len", f"must be > 3*layout_chunk={3 * self.layout_chunk} for passkey samples")
+    for seq_len, batch, _ in self.curriculum_stages():  # each stage must be a valid config too
+      dataclasses.replace(self, seq_len=seq_len, batch_size=batch, curriculum="")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,6 +423,7 @@ class Experiment:
     if self.model.vocab_size != self.data.vocab_size:
       _fail("Experiment", "model.vocab_size", self.model.vocab_size,
             f"must equal data.vocab_size={self.data.vocab_size} (the tokenizer's size)")
+    self.data.stages(self.train.steps)  # the curriculum ends before train.steps
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "mesh": MeshConfig,

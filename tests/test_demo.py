@@ -16,6 +16,7 @@ from experiments.registry import TINY_CORPUS, get_experiment
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 384
 SETS = [f"data.vocab_size={V}", f"model.vocab_size={V}", "data.val_fraction=0.3", "data.seq_len=120", "data.batch_size=4", "train.steps=4",
+        "data.curriculum=90x4:2",
         "train.log_every=2", "checkpoint.every=4", "model.d_model=32", "model.mlp_dim=64"]
 
 
@@ -103,7 +104,7 @@ def test_demo_writes_results_and_reuses_finished_stages(tmp_path):
 def test_heldout_family_must_be_unseen(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu", GCA_JAX_CACHE=str(tmp_path / "cache"))
   proc = subprocess.run([sys.executable, "-m", "experiments.demo", f"--workdir={tmp_path / 'd'}",
-                         "--set=data.corpus=books_manuals", "--heldout=books", "--set=train.steps=1"],
+                         "--set=data.corpus=books_manuals", "--heldout=books"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0 and "shares" in proc.stderr and "austen" in proc.stderr
 

@@ -39,7 +39,7 @@ def test_replicate_single_and_16m_stages(tmp_path):
   workdir = tmp_path / "rep"
   cmd = [sys.executable, "-m", "experiments.replicate", f"--workdir={workdir}",
          f"--demo_workdir={tmp_path / 'no_demo'}", "--stages=single,16m",
-         *(f"--set={s}" for s in [train_corpus(tmp_path), *SETS]), "--multipliers=1,2",
+         *(f"--set={s}" for s in [train_corpus(tmp_path), *SETS]), "--single_multipliers=1,2",
          "--ppl_multipliers=1,2", "--samples=3", "--samples_16m=2", "--length_16m=500",
          "--ppl_windows=2", f"--heldout={heldout_texts(tmp_path / 'manuals')}"]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)

@@ -273,3 +273,50 @@ def test_old_model_section_execution_keys(reference):
   assert (exp.execution.gca_impl, exp.execution.remat, exp.execution.attn_block) == ("pallas", True, 16)
   with pytest.raises(ConfigError, match="execution.remat"):
     apply_overrides(exp, ["model.remat=true"])
+
+
+def test_curriculum_stages_switch_windows_and_resume_exactly(cache_dir, tmp_path):
+  """``data.curriculum="64x16:6"``: steps 1-6 are those of a run on 64-token windows in batches
+  of 16 (same schedule: equal losses), steps 7-14 read 128 x 8 (tokens per step from the logged
+  rates); a run whose checkpoints after the stage boundary (step 6) and after step 10 are removed
+  resumes to the uninterrupted run's losses bit for bit, in either stage."""
+  sets = ["train.steps=14", "train.log_every=1", "train.eval_every=0", "checkpoint.every=2",
+          "checkpoint.keep=20", "checkpoint.async_save=false"]
+  cur = _exp(cache_dir, *sets, "data.curriculum=64x16:6")
+  assert [(s, c.seq_len, c.batch_size, c.seed) for s, c in cur.data.stages(14)] == [
+      (0, 64, 16, 0), (6, 128, 8, 1)]
+  ref_dir = tmp_path / "ref"
+  train(cur, str(ref_dir))
+  ref = _losses(ref_dir)
+  assert sorted(ref) == list(range(1, 15))
+  rows = {r["step"]: r for r in read_metrics(ref_dir / "metrics.jsonl") if "loss" in r}
+  per_step = {s: r["tokens_per_sec"] / r["steps_per_sec"] for s, r in rows.items()
+              if r.get("steps_per_sec") == r.get("steps_per_sec") and r.get("steps_per_sec")}
+  assert per_step and all(abs(v - (64 * 16 if s <= 6 else 128 * 8)) < 1e-6 for s, v in per_step.items())
+  plain_dir = tmp_path / "plain"  # stage 1 alone: the same windows, batches and schedule
+  train(_exp(cache_dir, *sets, "data.seq_len=64", "data.batch_size=16", "train.steps=14"),
+        str(plain_dir))
+  plain = _losses(plain_dir)
+  assert [plain[s] for s in range(1, 7)] == [ref[s] for s in range(1, 7)]
+  assert plain[7] != ref[7]  # from step 7 the curriculum reads 128-token windows
+  for keep_upto in (6, 10):  # resume exactly at the boundary, and inside the last stage
+    work = tmp_path / f"resume{keep_upto}"
+    subprocess.run(["cp", "-r", str(ref_dir), str(work)], check=True)
+    for s in _checkpoints(work):
+      if s > keep_upto:
+        subprocess.run(["rm", "-rf", str(work / "checkpoints" / str(s))], check=True)
+    train(cur, str(work))
+    got = _losses(work)
+    assert {s: got[s] for s in range(keep_upto + 1, 15)} == {s: ref[s] for s in range(keep_upto + 1, 15)}
+
+
+def test_bad_curriculum_is_a_clear_error(cache_dir):
+  from gca_jax.config import ConfigError
+  with pytest.raises(ConfigError, match=r"curriculum='64:16'.*SEQ_LENxBATCH:STEPS"):
+    _exp(cache_dir, "data.curriculum=64:16")
+  with pytest.raises(ConfigError, match=r"take 60 steps, not fewer than train.steps=60"):
+    _exp(cache_dir, "data.curriculum=64x16:60")
+  with pytest.raises(ConfigError, match=r"'64x0:5' is not .* with positive integers"):
+    _exp(cache_dir, "data.curriculum=64x0:5")
+  with pytest.raises(ConfigError, match=r"seq_len=30 is invalid: must be > 3\*layout_chunk=45"):
+    _exp(cache_dir, "data.passkey=single", "data.layout_chunk=15", "data.curriculum=30x8:5")

@@ -193,7 +193,15 @@ def eval_dataset(store_dir: str | os.PathLike, seq_len: int, batch_size: int, *,
 def datasets_from_config(cfg, log=print):
   """``(train, validation, tokenizer)`` for a ``DataConfig``: prepared ``shards`` read per
   process, or the cached local token store of ``corpus`` (built on first use; the corpus
-  must have been fetched)."""
+  must have been fetched). ``train`` reads ``cfg``'s own windows (not its curriculum)."""
+  stages, val, tok = staged_datasets_from_config(cfg, None, log=log)
+  return stages[-1][2], val, tok
+
+
+def staged_datasets_from_config(cfg, total_steps: int | None, log=print):
+  """``([(first_step, stage_config, train), ...], validation, tokenizer)``: one training dataset
+  per stage of ``cfg.stages(total_steps)`` (its curriculum, then its own windows; just the latter
+  when ``total_steps`` is None). Validation uses ``cfg``'s own windows."""
   from gca_jax.data import token_store, tokenizer
   tok = tokenizer.tokenizer_from_config(cfg, log=log)
   passkey = None
@@ -201,12 +209,13 @@ def datasets_from_config(cfg, log=print):
     passkey = {"variant": cfg.passkey, "token_cnt": cfg.passkey_tokens or None,
                "layout_chunk": cfg.layout_chunk, "alphabet": cfg.passkey_alphabet}
   ro = grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch)
+  plan = [(0, cfg)] if total_steps is None else cfg.stages(total_steps)
   if cfg.shards:
     from gca_jax.data import shard_pipeline
-    train, val = shard_pipeline.shard_datasets(cfg, tok, passkey, ro, log=log)
-    return train, val, tok
+    built = [(s, c, *shard_pipeline.shard_datasets(c, tok, passkey, ro, log=log)) for s, c in plan]
+    return [(s, c, train) for s, c, train, _ in built], built[-1][3], tok
   store = token_store.token_store_for(cfg.corpus, tok, cfg.cache_dir, cfg.val_fraction, log=log)
-  train = train_dataset(store, cfg.seq_len, cfg.batch_size, cfg.seed, num_samples=cfg.num_samples,
-                        passkey=passkey, tok=tok, windows=cfg.windows, read_options=ro)
-  val = eval_dataset(store, cfg.seq_len, cfg.batch_size)
-  return train, val, tok
+  stages = [(s, c, train_dataset(store, c.seq_len, c.batch_size, c.seed, num_samples=c.num_samples,
+                                 passkey=passkey, tok=tok, windows=c.windows, read_options=ro))
+            for s, c in plan]
+  return stages, eval_dataset(store, cfg.seq_len, cfg.batch_size), tok

@@ -25,7 +25,7 @@ from flax import nnx
 from gca_jax import parallel
 from gca_jax.checkpoint import Checkpointer
 from gca_jax.config import Experiment, to_dict
-from gca_jax.data.pipeline import datasets_from_config
+from gca_jax.data.pipeline import staged_datasets_from_config
 from gca_jax.model import count_params
 from gca_jax.train.metrics import MetricsWriter
 from gca_jax.train.optim import lr_schedule, make_optimizer
@@ -96,7 +96,7 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
   mesh = parallel.make_mesh(exp.mesh)
   tx = make_optimizer(exp.optim, total)
   schedule = lr_schedule(exp.optim, total)
-  train_ds, val_ds, tok = datasets_from_config(exp.data, log=log)
+  stages, val_ds, tok = staged_datasets_from_config(exp.data, total, log=log)
   from gca_jax.data.tokenizer import check_model_ids
   check_model_ids(tok, exp.model)  # vocabulary, pad and landmark ids
 
@@ -106,10 +106,21 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
   rep = parallel.replicated(mesh)
 
   ckpt = Checkpointer(workdir, exp.checkpoint)
-  train_iter = iter(train_ds)
+  current: list = [None, None]  # [stage index, its Grain iterator]
+
+  def data_iter(step: int):
+    """The iterator that yields the batch of step ``step + 1`` (its stage's, made on entry)."""
+    i = max(j for j, (first, _, _) in enumerate(stages) if first <= step)
+    if current[0] != i:
+      current[:] = [i, iter(stages[i][2])]
+      if current[0] and step == stages[i][0]:
+        log(f"[{exp.name}] step {step}: curriculum stage {i + 1}/{len(stages)}, windows of "
+            f"{stages[i][1].seq_len} tokens, batch {stages[i][1].batch_size}")
+    return current[1]
+
   latest = ckpt.latest_step()
   if latest is not None:
-    state = ckpt.restore(latest, target, train_iter, exp)
+    state = ckpt.restore(latest, target, data_iter(latest), exp)
     log(f"[{exp.name}] resumed from checkpoint step {latest} in {ckpt.directory}")
   else:
     state = jax.jit(init_fn, out_shardings=shardings)()
@@ -126,7 +137,8 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
   eval_fn = jax.jit(make_eval_step(graphdef), in_shardings=(shardings.params, bsh),
                     out_shardings=rep, compiler_options=xla_options or None)
   local_rows = exp.data.batch_size // jax.process_count()
-  tokens_per_step = exp.data.batch_size * exp.data.seq_len
+  tokens_at = lambda step: next(c.batch_size * c.seq_len for first, c, _ in reversed(stages)
+                                if first < step)  # tokens of step ``step`` (1-based)
 
   def to_global(batch: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(bsh, np.asarray(v))
@@ -184,10 +196,10 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
         continue
       row = {k: float(m[k]) for k in ("loss", "lr", "grad_norm", "retrieval_entropy",
                                       "retrieval_distance") if k in m}
-      row.update(steps_per_sec=rate, tokens_per_sec=rate * tokens_per_step)
+      row.update(steps_per_sec=rate, tokens_per_sec=rate * tokens_at(s))
       writer.write(s, row)
       if math.isfinite(rate):
-        speed = (f"{rate:.2f} step/s {rate * tokens_per_step:,.0f} tok/s | "
+        speed = (f"{rate:.2f} step/s {rate * tokens_at(s):,.0f} tok/s | "
                  f"ETA {_fmt_eta((total - s) / rate)}")
       else:
         speed = f"first step {summary.get('first_step_seconds', 0):.1f}s (compile)"
@@ -200,7 +212,7 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
       if preempt.reached(step):
         summary["preempted"] = True
         break
-      state, m = step_fn(state, to_global(next(train_iter)))
+      state, m = step_fn(state, to_global(next(data_iter(step))))
       step += 1
       pending.append((step, m))
       do_eval = step == total or (exp.train.eval_every and step % exp.train.eval_every == 0)
@@ -215,13 +227,13 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
           log(f"[{exp.name}] eval step {step}: loss {ev['eval_loss']:.4f} ppl {ev['eval_ppl']:.2f}")
         t_mark = time.time()  # throughput counts training steps only
       if do_ckpt:
-        ckpt.save(step, state, train_iter, exp)
+        ckpt.save(step, state, data_iter(step), exp)
         last_saved = step
     if pending:
       flush(step)
     if summary["preempted"]:
       if last_saved != step:
-        ckpt.save(step, state, train_iter, exp)
+        ckpt.save(step, state, data_iter(step), exp)
       log(f"[{exp.name}] preempted: saved checkpoint step {step}; rerun the same command to resume")
     elif start >= total:
       log(f"[{exp.name}] already at step {start} of {total}: nothing to train")
@@ -233,7 +245,7 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
 
   wall = time.time() - t_start
   summary.update(step=step, final_loss=last_loss, wall_seconds=wall, steps_per_sec=rate,
-                 tokens_per_sec=rate * tokens_per_step)
+                 tokens_per_sec=rate * tokens_at(max(step, 1)))
   if main:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   return summary
