@@ -280,8 +280,7 @@ class DataConfig:
                         f"{start} steps, not fewer than train.steps={total_steps}; raise "
                         "train.steps so the final stage (data.seq_len) trains, or drop the "
                         "curriculum (--set=data.curriculum=)")
-    n = len(out)
-    return [*out, (start, dataclasses.replace(self, seed=self.seed + n, curriculum="") if n else self)]
+    return [*out, (start, dataclasses.replace(self, seed=self.seed + len(out), curriculum=""))]
 
   def validate(self) -> None:
     def fail(field, expected):

@@ -108,9 +108,13 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
   ckpt = Checkpointer(workdir, exp.checkpoint)
   current: list = [None, None]  # [stage index, its Grain iterator]
 
+  def stage_of(step: int) -> int:
+    """The stage whose batch takes the state from step ``step`` to ``step + 1``."""
+    return max(j for j, (first, _, _) in enumerate(stages) if first <= step)
+
   def data_iter(step: int):
     """The iterator that yields the batch of step ``step + 1`` (its stage's, made on entry)."""
-    i = max(j for j, (first, _, _) in enumerate(stages) if first <= step)
+    i = stage_of(step)
     if current[0] != i:
       current[:] = [i, iter(stages[i][2])]
       if current[0] and step == stages[i][0]:
@@ -137,8 +141,9 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
   eval_fn = jax.jit(make_eval_step(graphdef), in_shardings=(shardings.params, bsh),
                     out_shardings=rep, compiler_options=xla_options or None)
   local_rows = exp.data.batch_size // jax.process_count()
-  tokens_at = lambda step: next(c.batch_size * c.seq_len for first, c, _ in reversed(stages)
-                                if first < step)  # tokens of step ``step`` (1-based)
+  def tokens_at(step: int) -> int:  # tokens of step ``step`` (1-based)
+    cfg = stages[stage_of(step - 1)][1]
+    return cfg.batch_size * cfg.seq_len
 
   def to_global(batch: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(bsh, np.asarray(v))
