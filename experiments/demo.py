@@ -110,6 +110,12 @@ def check_heldout(exp, heldout: str) -> None:
     raise SystemExit(f"error: --heldout={heldout}: the name {VALIDATION!r} is the validation split's")
 
 
+def heldout_name(heldout: str) -> str:
+  """The haystack name of the unseen family ``heldout`` (a corpus name, or a folder's name)."""
+  from gca_jax.data import sources
+  return heldout if heldout in sources.CORPORA else os.path.basename(os.path.normpath(heldout))
+
+
 def haystacks(exp, tok, store, heldout: str, log=_log) -> dict:
   """Haystack tokens by name: the validation split of the training corpus and the unseen
   family ``heldout`` (all of its documents, tokenised with ``tok``; fetched if named)."""
@@ -123,7 +129,7 @@ def haystacks(exp, tok, store, heldout: str, log=_log) -> dict:
   check_heldout(exp, heldout)
   if heldout in sources.CORPORA:
     fetch_lib.fetch_corpus(heldout, exp.data.cache_dir, log=log)
-  name = heldout if heldout in sources.CORPORA else os.path.basename(os.path.normpath(heldout))
+  name = heldout_name(heldout)
   held = token_store.token_store_for(heldout, tok, exp.data.cache_dir, 0.0, log=log)
   out[name] = np.asarray(token_store.load_split(held, "train").tokens)  # val_fraction 0: all of it
   return out
@@ -151,12 +157,17 @@ def trained_step(workdir: str) -> int | None:
 def same_experiment(exp, workdir: str) -> bool:
   """Whether ``workdir`` holds a run of ``exp``: every section but ``execution`` (kernels,
   blocking, compiler options change no parameter, so a run is reused under other settings)."""
-  from gca_jax.config import migrate, to_dict
+  from gca_jax.config import ConfigError, from_dict, to_dict
   path = os.path.join(workdir, "experiment.json")
   if not os.path.exists(path):
     return False
-  identity = lambda d: {k: v for k, v in migrate(d).items() if k != "execution"}
-  return identity(json.load(open(path))) == identity(json.loads(json.dumps(to_dict(exp))))
+  # through from_dict, so a field added since the run was saved reads as its default
+  identity = lambda e: {k: v for k, v in json.loads(json.dumps(to_dict(e))).items() if k != "execution"}
+  try:
+    saved = from_dict(json.load(open(path)))
+  except ConfigError:
+    return False
+  return identity(saved) == identity(exp)
 
 
 def train(exp, workdir: str) -> dict:

@@ -71,6 +71,9 @@ ABLATION_MULTIPLIERS = flags.DEFINE_string("ablation_multipliers", "1,16,256",
 SWEEP_PPL_MULTIPLIERS = flags.DEFINE_string("sweep_ppl_multipliers", "1,64",
                                             "Perplexity lengths of the 2-hop and ablation runs.")
 HOP_MULTIPLIERS = flags.DEFINE_string("hop_multipliers", "1,4,16,64", "2-hop passkey lengths.")
+HAYSTACKS = flags.DEFINE_string("haystacks", "", "Haystacks the single and 16m stages score, in "
+                                "order: comma list of 'validation' and the --heldout family "
+                                "(empty: both, validation first).")
 MEMORY_BUDGET_GB = flags.DEFINE_float("replicate_memory_budget_gb", 20.0,
                                       "Memory budget per evaluation batch (16M needs ~9 GB).")
 
@@ -128,15 +131,29 @@ def _train_or_reuse(exp, workdir: str) -> str:
   return run_dir
 
 
+def pick_haystacks(hays: dict, spec: str) -> dict:
+  """The haystacks named in ``spec`` (comma list, in that order; empty: all of ``hays``)."""
+  names = [n.strip() for n in spec.split(",") if n.strip()]
+  unknown = [n for n in names if n not in hays]
+  if unknown:
+    from gca_jax.config import ConfigError
+    raise ConfigError(f"--haystacks={spec!r}: unknown haystack(s) {unknown}; use a comma list of "
+                      f"{sorted(hays)} (the unseen family is chosen with --heldout)")
+  return {n: hays[n] for n in names} if names else dict(hays)
+
+
 def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
   from experiments.registry import expand_sweep, get_experiment
   from gca_jax.config import apply_overrides
   t0 = time.time()
+  held = [demo.heldout_name(demo.HELDOUT.value)] if demo.HELDOUT.value else []
+  pick_haystacks(dict.fromkeys([demo.VALIDATION, *held]), HAYSTACKS.value)  # before any output
   os.makedirs(workdir, exist_ok=True)
   drt = demo.experiment(demo.DRT, overrides)
   demo.fetch(drt)
   tok, hays = demo.corpus_haystacks(drt, demo.HELDOUT.value)
   hay = hays[demo.VALIDATION]
+  scored = pick_haystacks(hays, HAYSTACKS.value)
   cache = demo.EvalCache(os.path.join(workdir, "eval_cache.json"))
   t = drt.data.seq_len
   passkey, ppl, timings, peak, traces = [], [], {}, {}, []
@@ -152,7 +169,7 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
     state: dict = {}
     if "single" in stages:
       t1 = time.time()
-      for name, h in hays.items():
+      for name, h in scored.items():
         passkey += demo.passkey_rows(demo.DRT, drt, run_dir, step, cache, h, tok,
                                      [(m, SAMPLES.value) for m in mults], state=state, haystack=name)
         ppl += demo.ppl_rows(demo.DRT, drt, run_dir, step, cache, h,
@@ -164,7 +181,7 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
       from gca_jax.evals import runtime
       m = LENGTH_16M.value // t
       reason = runtime.budget_reason(drt.model, 1, m * t, 1024, MEMORY_BUDGET_GB.value)
-      for name, h in hays.items():
+      for name, h in scored.items():
         if reason:
           passkey.append(runtime.not_run({"model": demo.DRT, "run": drt.name, "variant": "single",
                                           "haystack": name, "length": m * t, "multiplier": m,

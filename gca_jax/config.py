@@ -332,6 +332,8 @@ class OptimConfig:
   decay_all: bool = False  # True: decay every parameter (the authors); False: only matrices
   clip_norm: float = 1.0
   grad_accum: int = 1
+  # True: warmup + cosine again at each data.curriculum stage, to min_lr by the stage's end.
+  restart_each_stage: bool = False
 
   def __post_init__(self):
     c = "OptimConfig"

@@ -59,12 +59,18 @@ def test_replicate_single_and_16m_stages(tmp_path):
   assert "| run | variant | haystack | length |" in md and "manuals (unseen)" in md
   # a finished run is reused under other execution settings (they are not the model's identity)
   again = subprocess.run([*[c for c in cmd if not c.startswith("--demo_workdir")], f"--demo_workdir={workdir}",
-                          "--stages=single", "--set=execution.retrieval_block=8",
+                          "--stages=single", "--haystacks=manuals", "--set=execution.retrieval_block=8",
                           "--set=execution.cpu_compiler_options=default"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
   assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
   assert "reusing the finished demo run" in again.stdout + again.stderr
+  again_res = json.loads((workdir / "results.json").read_text())  # --haystacks: only the unseen family
+  assert {r["haystack"] for r in again_res["passkey"] + again_res["ppl"]} == {"manuals"}
   # invalid stage: clear error, exit 2, nothing written
   bad = subprocess.run([sys.executable, "-m", "experiments.replicate", f"--workdir={tmp_path / 'x'}",
                         "--stages=single,bogus"], cwd=REPO, env=env, capture_output=True, text=True)
   assert bad.returncode == 2 and "bogus" in bad.stderr and not (tmp_path / "x").exists()
+  bad_hay = subprocess.run([sys.executable, "-m", "experiments.replicate", f"--workdir={tmp_path / 'x'}",
+                            "--stages=single", "--haystacks=validation,nope"], cwd=REPO, env=env,
+                           capture_output=True, text=True)
+  assert bad_hay.returncode == 2 and "nope" in bad_hay.stderr and not (tmp_path / "x").exists()

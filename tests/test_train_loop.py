@@ -82,6 +82,31 @@ def test_lr_schedule_matches_formula():
   assert float(sched(total + 50)) == pytest.approx(cfg.min_lr)  # stays at the floor
 
 
+def test_lr_schedule_restarts_at_each_curriculum_stage():
+  """restart_each_stage: the warmup-cosine of each stage is the formula over that stage alone;
+  without the flag the stage starts change nothing."""
+  cfg = OptimConfig(lr=2e-3, min_lr=2e-4, warmup_steps=10, restart_each_stage=True)
+  starts, total = [60], 100
+
+  def hand(t):
+    s0, n = (0, 60) if t < 60 else (60, 40)
+    u = t - s0
+    if u < cfg.warmup_steps:
+      return cfg.lr * u / cfg.warmup_steps
+    frac = min((u - cfg.warmup_steps) / (n - cfg.warmup_steps), 1.0)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
+
+  sched = optim.lr_schedule(cfg, total, starts)
+  for t in range(0, total + 1):
+    assert float(sched(t)) == pytest.approx(hand(t), rel=1e-5, abs=1e-9), t
+  assert float(sched(59)) < 1.01 * cfg.min_lr and float(sched(60)) == 0.0
+  plain = optim.lr_schedule(dataclasses.replace(cfg, restart_each_stage=False), total, starts)
+  one = optim.lr_schedule(dataclasses.replace(cfg, restart_each_stage=False), total)
+  assert all(float(plain(t)) == float(one(t)) for t in range(total + 1))
+  exp = dataclasses.replace(get_experiment("demo_drt"), optim=cfg)
+  assert optim.stage_starts_of(exp) == [1200]
+
+
 def test_weight_decay_mask():
   params = {"norm": {"scale": jnp.ones(4)}, "lin": {"kernel": jnp.ones((4, 4))}}
   assert optim.decay_mask(params, False) == {"norm": {"scale": False}, "lin": {"kernel": True}}

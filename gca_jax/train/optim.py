@@ -8,12 +8,31 @@ import optax
 from gca_jax.config import OptimConfig
 
 
-def lr_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
-  """Linear warmup from 0 to ``lr``, then cosine decay to ``min_lr`` at ``total_steps``."""
-  warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+def _warmup_cosine(cfg: OptimConfig, steps: int) -> optax.Schedule:
+  warmup = min(cfg.warmup_steps, max(steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
-      decay_steps=max(total_steps, warmup + 1), end_value=cfg.min_lr)
+      decay_steps=max(steps, warmup + 1), end_value=cfg.min_lr)
+
+
+def lr_schedule(cfg: OptimConfig, total_steps: int, stage_starts=()) -> optax.Schedule:
+  """Linear warmup from 0 to ``lr``, then cosine decay to ``min_lr`` at ``total_steps``.
+
+  With ``cfg.restart_each_stage`` the warmup and cosine start again at every curriculum stage
+  (``stage_starts``: the first step of each stage after the first, e.g. from
+  ``stage_starts_of``), each decaying to ``min_lr`` by the end of its own stage; the
+  optimiser's moments carry over."""
+  restarts = sorted(int(s) for s in stage_starts if 0 < int(s) < total_steps)
+  if not (cfg.restart_each_stage and restarts):
+    return _warmup_cosine(cfg, total_steps)
+  ends = [*restarts, total_steps]
+  starts = [0, *restarts]
+  return optax.join_schedules([_warmup_cosine(cfg, e - s) for s, e in zip(starts, ends)], restarts)
+
+
+def stage_starts_of(exp) -> list[int]:
+  """First steps of an experiment's curriculum stages after the first (empty without one)."""
+  return [first for first, _ in exp.data.stages(exp.train.steps)][1:]
 
 
 def decay_mask(params, decay_all: bool):
@@ -21,11 +40,11 @@ def decay_mask(params, decay_all: bool):
   return jax.tree_util.tree_map(lambda p: decay_all or p.ndim >= 2, params)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimConfig, total_steps: int, stage_starts=()) -> optax.GradientTransformation:
   parts = []
   if cfg.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.clip_norm))
   parts.append(optax.adamw(
-      lr_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+      lr_schedule(cfg, total_steps, stage_starts), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
       weight_decay=cfg.weight_decay, mask=lambda p: decay_mask(p, cfg.decay_all)))
   return optax.chain(*parts)
