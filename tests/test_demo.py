@@ -131,11 +131,11 @@ def test_same_experiment_ignores_execution_and_reads_old_json(tmp_path):
   exp = get_experiment("demo_drt")
   d = json.loads(json.dumps(to_dict(exp)))
   old = {**d, "model": {**d["model"], "remat": True, "attn_block": 16},
-         "optim": {k: v for k, v in d["optim"].items() if k != "restart_each_stage"},  # a newer field
+         "optim": {k: v for k, v in d["optim"].items() if k != "grad_accum"},  # absent: its default (1)
          "execution": {k: v for k, v in d["execution"].items() if k not in ("remat", "attn_block", "cpu_compiler_options")}}
   (tmp_path / "experiment.json").write_text(json.dumps(old))
   assert demo_mod.same_experiment(exp, str(tmp_path))
   assert demo_mod.same_experiment(apply_overrides(exp, ["execution.cpu_compiler_options=default"]), str(tmp_path))
-  for change in ("model.top_k=4", "data.seq_len=240", "train.steps=1201", "optim.restart_each_stage=true"):
+  for change in ("model.top_k=4", "data.seq_len=240", "train.steps=1201", "optim.restart_each_stage=false"):
     assert not demo_mod.same_experiment(apply_overrides(exp, [change]), str(tmp_path)), change
   assert not demo_mod.same_experiment(exp, str(tmp_path / "missing"))
