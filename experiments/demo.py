@@ -105,8 +105,7 @@ def check_heldout(exp, heldout: str) -> None:
     if shared or heldout == exp.data.corpus:
       raise SystemExit(f"error: --heldout={heldout} shares {sorted(shared) or [heldout]} with the "
                        f"training corpus {exp.data.corpus!r}; pick a family it was not trained on")
-  name = heldout if heldout in sources.CORPORA else os.path.basename(os.path.normpath(heldout))
-  if name == VALIDATION:
+  if heldout_name(heldout) == VALIDATION:
     raise SystemExit(f"error: --heldout={heldout}: the name {VALIDATION!r} is the validation split's")
 
 

@@ -131,15 +131,15 @@ def _train_or_reuse(exp, workdir: str) -> str:
   return run_dir
 
 
-def pick_haystacks(hays: dict, spec: str) -> dict:
-  """The haystacks named in ``spec`` (comma list, in that order; empty: all of ``hays``)."""
+def pick_haystacks(known: list[str], spec: str) -> list[str]:
+  """The haystack names in ``spec`` (comma list, in that order; empty: all of ``known``)."""
   names = [n.strip() for n in spec.split(",") if n.strip()]
-  unknown = [n for n in names if n not in hays]
+  unknown = [n for n in names if n not in known]
   if unknown:
     from gca_jax.config import ConfigError
     raise ConfigError(f"--haystacks={spec!r}: unknown haystack(s) {unknown}; use a comma list of "
-                      f"{sorted(hays)} (the unseen family is chosen with --heldout)")
-  return {n: hays[n] for n in names} if names else dict(hays)
+                      f"{known} (the unseen family is chosen with --heldout)")
+  return names or list(known)
 
 
 def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
@@ -147,13 +147,13 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
   from gca_jax.config import apply_overrides
   t0 = time.time()
   held = [demo.heldout_name(demo.HELDOUT.value)] if demo.HELDOUT.value else []
-  pick_haystacks(dict.fromkeys([demo.VALIDATION, *held]), HAYSTACKS.value)  # before any output
+  scored_names = pick_haystacks([demo.VALIDATION, *held], HAYSTACKS.value)  # before any output
   os.makedirs(workdir, exist_ok=True)
   drt = demo.experiment(demo.DRT, overrides)
   demo.fetch(drt)
   tok, hays = demo.corpus_haystacks(drt, demo.HELDOUT.value)
   hay = hays[demo.VALIDATION]
-  scored = pick_haystacks(hays, HAYSTACKS.value)
+  scored = {n: hays[n] for n in scored_names}
   cache = demo.EvalCache(os.path.join(workdir, "eval_cache.json"))
   t = drt.data.seq_len
   passkey, ppl, timings, peak, traces = [], [], {}, {}, []

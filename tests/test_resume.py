@@ -3,6 +3,7 @@ non-finite losses. Runs ``python -m experiments.main`` on ``tiny_synthetic`` (no
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -308,6 +309,22 @@ def test_curriculum_stages_switch_windows_and_resume_exactly(cache_dir, tmp_path
     train(cur, str(work))
     got = _losses(work)
     assert {s: got[s] for s in range(keep_upto + 1, 15)} == {s: ref[s] for s in range(keep_upto + 1, 15)}
+  # optim.restart_each_stage: the logged lr of step s is a warmup-cosine over s's own stage
+  rs_dir = tmp_path / "restart"
+  rs = _exp(cache_dir, *sets, "data.curriculum=64x16:6", "optim.restart_each_stage=true")
+  train(rs, str(rs_dir))
+  o = rs.optim
+
+  def hand(t):  # the update of step t + 1; stages [0, 6) and [6, 14)
+    s0, n = (0, 6) if t < 6 else (6, 8)
+    u, w = t - s0, min(o.warmup_steps, n - 1)
+    if u < w:
+      return o.lr * u / w
+    return o.min_lr + (o.lr - o.min_lr) * 0.5 * (1 + math.cos(math.pi * min((u - w) / (n - w), 1.0)))
+
+  lrs = {r["step"]: r["lr"] for r in read_metrics(rs_dir / "metrics.jsonl") if "loss" in r}
+  assert sorted(lrs) == list(range(1, 15)) and lrs[7] == 0.0 and rows[7]["lr"] > 0
+  assert all(lrs[s] == pytest.approx(hand(s - 1), rel=1e-5, abs=1e-9) for s in lrs), lrs
 
 
 def test_bad_curriculum_is_a_clear_error(cache_dir):

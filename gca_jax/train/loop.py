@@ -94,8 +94,9 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
   total = exp.train.steps
 
   mesh = parallel.make_mesh(exp.mesh)
-  tx = make_optimizer(exp.optim, total, stage_starts_of(exp))
-  schedule = lr_schedule(exp.optim, total, stage_starts_of(exp))
+  starts = stage_starts_of(exp)
+  tx = make_optimizer(exp.optim, total, starts)
+  schedule = lr_schedule(exp.optim, total, starts)
   stages, val_ds, tok = staged_datasets_from_config(exp.data, total, log=log)
   from gca_jax.data.tokenizer import check_model_ids
   check_model_ids(tok, exp.model)  # vocabulary, pad and landmark ids

@@ -22,7 +22,7 @@ def lr_schedule(cfg: OptimConfig, total_steps: int, stage_starts=()) -> optax.Sc
   (``stage_starts``: the first step of each stage after the first, e.g. from
   ``stage_starts_of``), each decaying to ``min_lr`` by the end of its own stage; the
   optimiser's moments carry over."""
-  restarts = sorted(int(s) for s in stage_starts if 0 < int(s) < total_steps)
+  restarts = list(stage_starts)  # increasing, inside (0, total_steps): DataConfig.stages
   if not (cfg.restart_each_stage and restarts):
     return _warmup_cosine(cfg, total_steps)
   ends = [*restarts, total_steps]
