@@ -24,7 +24,7 @@ from etils import epath
 
 from gca_jax import parallel
 from gca_jax.config import CheckpointConfig, Experiment, MeshConfig, migrate, to_dict
-from gca_jax.train.optim import make_optimizer
+from gca_jax.train.optim import optimizer_for
 from gca_jax.train.state import abstract_train_state
 
 
@@ -156,7 +156,7 @@ def restore_params(workdir: str | epath.PathLike, exp: Experiment):
       raise CheckpointError(f"{ckdir} holds no complete checkpoint: train first, or pass "
                             "--random_init for a smoke run")
     mesh = parallel.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
-    _, _, _, target, _ = abstract_train_state(exp, mesh, make_optimizer(exp.optim, exp.train.steps))
+    _, _, _, target, _ = abstract_train_state(exp, mesh, optimizer_for(exp)[0])
     return cp.restore(step, target, None, exp).params
   finally:
     cp.close()

@@ -28,7 +28,7 @@ from gca_jax.config import Experiment, to_dict
 from gca_jax.data.pipeline import staged_datasets_from_config
 from gca_jax.model import count_params
 from gca_jax.train.metrics import MetricsWriter
-from gca_jax.train.optim import lr_schedule, make_optimizer, stage_starts_of
+from gca_jax.train.optim import optimizer_for
 from gca_jax.train.state import abstract_train_state
 from gca_jax.train.step import make_eval_step, make_train_step
 
@@ -94,9 +94,7 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
   total = exp.train.steps
 
   mesh = parallel.make_mesh(exp.mesh)
-  starts = stage_starts_of(exp)
-  tx = make_optimizer(exp.optim, total, starts)
-  schedule = lr_schedule(exp.optim, total, starts)
+  tx, schedule = optimizer_for(exp)
   stages, val_ds, tok = staged_datasets_from_config(exp.data, total, log=log)
   from gca_jax.data.tokenizer import check_model_ids
   check_model_ids(tok, exp.model)  # vocabulary, pad and landmark ids

@@ -48,3 +48,13 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, stage_starts=()) -> optax
       lr_schedule(cfg, total_steps, stage_starts), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
       weight_decay=cfg.weight_decay, mask=lambda p: decay_mask(p, cfg.decay_all)))
   return optax.chain(*parts)
+
+
+def optimizer_for(exp) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """An experiment's optimiser and its learning-rate schedule: ``exp.optim`` over
+  ``exp.train.steps``, restarting at the curriculum's stages when ``restart_each_stage`` asks.
+  Every caller that builds an experiment's optimiser (training, checkpoint restore, AOT) goes
+  through here, so none can fall back to one cosine by leaving the stage starts out."""
+  starts = stage_starts_of(exp)
+  return (make_optimizer(exp.optim, exp.train.steps, starts),
+          lr_schedule(exp.optim, exp.train.steps, starts))
