@@ -107,6 +107,34 @@ def test_lr_schedule_restarts_at_each_curriculum_stage():
   assert optim.stage_starts_of(exp) == [1200]
 
 
+def test_optimizer_for_steps_with_the_restarted_schedule():
+  """The optimiser optimizer_for builds steps with the per-stage schedule: with a constant
+  gradient of 1, no clipping and no decay, Adam's update at step t is -lr(t) / (1 + eps), with
+  lr(t) the hand warmup-cosine of the stage holding t (stage 2 starts again from 0)."""
+  cfg = OptimConfig(lr=2e-3, min_lr=2e-4, warmup_steps=10, restart_each_stage=True,
+                    clip_norm=0.0, weight_decay=0.0, eps=1e-8)
+  base = get_experiment("demo_drt")
+  exp = dataclasses.replace(base, optim=cfg,
+                            data=dataclasses.replace(base.data, curriculum="120x32:60"),
+                            train=dataclasses.replace(base.train, steps=100))
+
+  def hand(t):
+    s0, n = (0, 60) if t < 60 else (60, 40)
+    u = t - s0
+    if u < cfg.warmup_steps:
+      return cfg.lr * u / cfg.warmup_steps
+    frac = min((u - cfg.warmup_steps) / (n - cfg.warmup_steps), 1.0)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
+
+  tx, _ = optim.optimizer_for(exp)
+  params = {"w": jnp.zeros(())}
+  state = tx.init(params)
+  grads = {"w": jnp.ones(())}
+  for t in range(100):
+    updates, state = tx.update(grads, state, params)
+    assert float(updates["w"]) == pytest.approx(-hand(t) / (1 + cfg.eps), rel=1e-5, abs=1e-10), t
+
+
 def test_weight_decay_mask():
   params = {"norm": {"scale": jnp.ones(4)}, "lin": {"kernel": jnp.ones((4, 4))}}
   assert optim.decay_mask(params, False) == {"norm": {"scale": False}, "lin": {"kernel": True}}

@@ -40,21 +40,25 @@ def decay_mask(params, decay_all: bool):
   return jax.tree_util.tree_map(lambda p: decay_all or p.ndim >= 2, params)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int, stage_starts=()) -> optax.GradientTransformation:
+def _adamw(cfg: OptimConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
   parts = []
   if cfg.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.clip_norm))
   parts.append(optax.adamw(
-      lr_schedule(cfg, total_steps, stage_starts), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+      schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
       weight_decay=cfg.weight_decay, mask=lambda p: decay_mask(p, cfg.decay_all)))
   return optax.chain(*parts)
 
 
+def make_optimizer(cfg: OptimConfig, total_steps: int, stage_starts=()) -> optax.GradientTransformation:
+  return _adamw(cfg, lr_schedule(cfg, total_steps, stage_starts))
+
+
 def optimizer_for(exp) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """An experiment's optimiser and its learning-rate schedule: ``exp.optim`` over
-  ``exp.train.steps``, restarting at the curriculum's stages when ``restart_each_stage`` asks.
-  Every caller that builds an experiment's optimiser (training, checkpoint restore, AOT) goes
-  through here, so none can fall back to one cosine by leaving the stage starts out."""
-  starts = stage_starts_of(exp)
-  return (make_optimizer(exp.optim, exp.train.steps, starts),
-          lr_schedule(exp.optim, exp.train.steps, starts))
+  """An experiment's optimiser and the one schedule it steps with (also what the loop logs):
+  ``exp.optim`` over ``exp.train.steps``, restarting at the curriculum's stages when
+  ``restart_each_stage`` asks. Training and checkpoint restore build an ``Experiment``'s
+  optimiser here, so neither can fall back to one cosine by leaving the stage starts out
+  (``launch/aot.py`` compiles single-stage ``Run``s with ``make_optimizer``)."""
+  schedule = lr_schedule(exp.optim, exp.train.steps, stage_starts_of(exp))
+  return _adamw(exp.optim, schedule), schedule
