@@ -10,6 +10,8 @@ import time
 
 import jax
 
+from gca_jax.provenance import host_facts
+
 
 def machine_info() -> dict:
   import flax
@@ -19,6 +21,7 @@ def machine_info() -> dict:
       "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
       "flax": flax.__version__, "numpy": numpy.__version__, "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()],
+      **{k: v for k, v in host_facts().items() if k in ("cpu_model", "cpu_isa", "jaxlib", "xla_flags")},
   }
 
 

@@ -435,6 +435,7 @@ def plot(results: dict, path: str) -> None:
 
 
 def run(workdir: str, overrides: list[str], baselines: bool) -> dict:
+  from gca_jax.provenance import provenance
   t0 = time.time()
   timings: dict[str, float] = {}
   kinds = [DRT, SLIDING, FULL] if baselines else [DRT]
@@ -484,6 +485,8 @@ def run(workdir: str, overrides: list[str], baselines: bool) -> dict:
       "held_out_tokens": int(len(hays[VALIDATION])),
       "haystacks": {h: {"tokens": int(len(v)), "unseen": h != VALIDATION} for h, v in hays.items()},
       "corpus": drt.data.corpus,
+      "provenance": provenance([drt.data.corpus, *(h for h in hays if h != VALIDATION)],
+                               drt.data.cache_dir),
       "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
   }
   results["ppl"] = with_ppl_change(ppl_rows)

@@ -334,6 +334,8 @@ class OptimConfig:
   grad_accum: int = 1
   # True: warmup + cosine again at each data.curriculum stage, to min_lr by the stage's end.
   restart_each_stage: bool = False
+  # With restart_each_stage: the peak of each stage after the first (0: ``lr`` again).
+  restart_lr: float = 0.0
 
   def __post_init__(self):
     c = "OptimConfig"
@@ -351,6 +353,10 @@ class OptimConfig:
       _fail(c, "clip_norm", self.clip_norm, "must be >= 0 (0 disables clipping)")
     if self.grad_accum < 1:
       _fail(c, "grad_accum", self.grad_accum, "must be >= 1")
+    if self.restart_lr and not self.min_lr <= self.restart_lr:
+      _fail(c, "restart_lr", self.restart_lr, f"must be 0 (lr again) or >= min_lr={self.min_lr}")
+    if self.restart_lr < 0:
+      _fail(c, "restart_lr", self.restart_lr, "must be >= 0 (0: the later stages peak at lr)")
 
 
 @dataclasses.dataclass(frozen=True)

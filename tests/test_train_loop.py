@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from experiments.registry import get_experiment
-from gca_jax.config import OptimConfig, apply_overrides
+from gca_jax.config import ConfigError, OptimConfig, apply_overrides
 from gca_jax.model import build_model
 from gca_jax.train import optim
 from gca_jax.train.loop import train
@@ -105,6 +105,29 @@ def test_lr_schedule_restarts_at_each_curriculum_stage():
     assert float(plain(t)) == pytest.approx(hand(t, ((0, total),)), rel=1e-5, abs=1e-9), t
   exp = dataclasses.replace(get_experiment("demo_drt"), optim=cfg)
   assert optim.stage_starts_of(exp) == [1200]
+
+
+def test_lr_schedule_restart_lr_sets_the_later_stages_peak():
+  """restart_lr: the first stage peaks at lr, each later stage warms up to restart_lr and decays
+  to min_lr over its own steps (hand formula); bad values are refused with the field named."""
+  cfg = OptimConfig(lr=2e-3, min_lr=2e-4, warmup_steps=10, restart_each_stage=True, restart_lr=8e-4)
+  segments = ((0, 50, 2e-3), (50, 30, 8e-4), (80, 40, 8e-4))
+
+  def hand(t):
+    s0, n, peak = [seg for seg in segments if seg[0] <= t][-1]
+    u = t - s0
+    if u < cfg.warmup_steps:
+      return peak * u / cfg.warmup_steps
+    frac = min((u - cfg.warmup_steps) / (n - cfg.warmup_steps), 1.0)
+    return cfg.min_lr + (peak - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
+
+  sched = optim.lr_schedule(cfg, 120, [50, 80])
+  for t in range(0, 121):
+    assert float(sched(t)) == pytest.approx(hand(t), rel=1e-5, abs=1e-9), t
+  assert max(float(sched(t)) for t in range(50, 120)) == pytest.approx(8e-4, rel=1e-6)
+  for bad in (-1e-3, 1e-4):  # negative; below min_lr
+    with pytest.raises(ConfigError, match="restart_lr"):
+      OptimConfig(lr=2e-3, min_lr=2e-4, restart_lr=bad)
 
 
 def test_optimizer_for_steps_with_the_restarted_schedule():

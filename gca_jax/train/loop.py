@@ -27,6 +27,7 @@ from gca_jax.checkpoint import Checkpointer
 from gca_jax.config import Experiment, to_dict
 from gca_jax.data.pipeline import staged_datasets_from_config
 from gca_jax.model import count_params
+from gca_jax.provenance import host_facts
 from gca_jax.train.metrics import MetricsWriter
 from gca_jax.train.optim import optimizer_for
 from gca_jax.train.state import abstract_train_state
@@ -169,7 +170,8 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
   preempt = _Preemption()
   pending: list[tuple[int, dict]] = []
   last_saved = latest if latest is not None else -1
-  summary: dict[str, Any] = {"resumed_from": start, "preempted": False, "parameters": n_params}
+  summary: dict[str, Any] = {"resumed_from": start, "preempted": False, "parameters": n_params,
+                             "host": host_facts()}
   last_loss = float("nan")
   t_mark, s_mark, rate = None, start, float("nan")
   t_loop = time.time()

@@ -8,10 +8,10 @@ import optax
 from gca_jax.config import OptimConfig
 
 
-def _warmup_cosine(cfg: OptimConfig, steps: int) -> optax.Schedule:
+def _warmup_cosine(cfg: OptimConfig, steps: int, peak: float | None = None) -> optax.Schedule:
   warmup = min(cfg.warmup_steps, max(steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
+      init_value=0.0, peak_value=cfg.lr if peak is None else peak, warmup_steps=warmup,
       decay_steps=max(steps, warmup + 1), end_value=cfg.min_lr)
 
 
@@ -20,14 +20,17 @@ def lr_schedule(cfg: OptimConfig, total_steps: int, stage_starts=()) -> optax.Sc
 
   With ``cfg.restart_each_stage`` the warmup and cosine start again at every curriculum stage
   (``stage_starts``: the first step of each stage after the first, e.g. from
-  ``stage_starts_of``), each decaying to ``min_lr`` by the end of its own stage; the
-  optimiser's moments carry over."""
+  ``stage_starts_of``), each decaying to ``min_lr`` by the end of its own stage and the
+  stages after the first peaking at ``restart_lr`` (``lr`` when 0); the optimiser's moments
+  carry over."""
   restarts = list(stage_starts)  # increasing, inside (0, total_steps): DataConfig.stages
   if not (cfg.restart_each_stage and restarts):
     return _warmup_cosine(cfg, total_steps)
   ends = [*restarts, total_steps]
   starts = [0, *restarts]
-  return optax.join_schedules([_warmup_cosine(cfg, e - s) for s, e in zip(starts, ends)], restarts)
+  peaks = [cfg.lr] + [cfg.restart_lr or cfg.lr] * len(restarts)
+  return optax.join_schedules([_warmup_cosine(cfg, e - s, p) for s, e, p in zip(starts, ends, peaks)],
+                              restarts)
 
 
 def stage_starts_of(exp) -> list[int]:
