@@ -17,11 +17,9 @@ def machine_info() -> dict:
   import flax
   import numpy
   return {
-      "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-      "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
+      **host_facts(), "processor": platform.processor() or platform.machine(),
       "flax": flax.__version__, "numpy": numpy.__version__, "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()],
-      **{k: v for k, v in host_facts().items() if k in ("cpu_model", "cpu_isa", "jaxlib", "xla_flags")},
   }
 
 

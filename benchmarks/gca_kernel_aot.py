@@ -21,15 +21,13 @@ import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Compiling only: let several processes (tests, a running job) load libtpu side by side.
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from jax.experimental import topologies  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from launch.aot import topology_devices  # noqa: E402
 from pallas_kernels.gca.tpu_op import gca_tpu as gca_pallas  # noqa: E402
 from pallas_kernels.gca.block_sizes import SCOPED_VMEM, default_block_sizes, generation, vmem_bytes  # noqa: E402
 from pallas_kernels.gca.tpu_op import plan  # noqa: E402
@@ -56,8 +54,7 @@ def compile_case(topology: str, *, batch: int = 4, n_chunks: int = PAPER["n_chun
   p = dict(PAPER, n_chunks=n_chunks)
   rec = dict(topology=topology, backward=backward, per_device_batch=batch, **p)
   try:
-    topo = topologies.get_topology_desc(topology_name=topology, platform="tpu")
-    devices = topo.devices
+    devices = topology_devices(topology)  # libtpu loaded side by side with other processes
     rec.update(device_kind=devices[0].device_kind, n_devices=len(devices))
     mesh = Mesh(devices, ("data",))
     block_sizes = default_block_sizes(devices[0].device_kind)

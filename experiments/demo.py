@@ -434,8 +434,13 @@ def plot(results: dict, path: str) -> None:
   plt.close(fig)
 
 
-def run(workdir: str, overrides: list[str], baselines: bool) -> dict:
+def provenance_of(exp, hays: dict) -> dict:
+  """The host and the package archives behind ``exp``'s training corpus and each unseen haystack."""
   from gca_jax.provenance import provenance
+  return provenance([exp.data.corpus, *(h for h in hays if h != VALIDATION)], exp.data.cache_dir)
+
+
+def run(workdir: str, overrides: list[str], baselines: bool) -> dict:
   t0 = time.time()
   timings: dict[str, float] = {}
   kinds = [DRT, SLIDING, FULL] if baselines else [DRT]
@@ -485,8 +490,7 @@ def run(workdir: str, overrides: list[str], baselines: bool) -> dict:
       "held_out_tokens": int(len(hays[VALIDATION])),
       "haystacks": {h: {"tokens": int(len(v)), "unseen": h != VALIDATION} for h, v in hays.items()},
       "corpus": drt.data.corpus,
-      "provenance": provenance([drt.data.corpus, *(h for h in hays if h != VALIDATION)],
-                               drt.data.cache_dir),
+      "provenance": provenance_of(drt, hays),
       "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
   }
   results["ppl"] = with_ppl_change(ppl_rows)

@@ -145,7 +145,6 @@ def pick_haystacks(known: list[str], spec: str) -> list[str]:
 def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
   from experiments.registry import expand_sweep, get_experiment
   from gca_jax.config import apply_overrides
-  from gca_jax.provenance import provenance
   t0 = time.time()
   held = [demo.heldout_name(demo.HELDOUT.value)] if demo.HELDOUT.value else []
   scored_names = pick_haystacks([demo.VALIDATION, *held], HAYSTACKS.value)  # before any output
@@ -229,8 +228,7 @@ def run(workdir: str, overrides: list[str], stages: list[str]) -> dict:
              "haystack_note": "lengths beyond a haystack repeat it (wrap-around)",
              "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
              "peak_rss_gb": peak,
-             "provenance": provenance([drt.data.corpus, *(h for h in hays if h != demo.VALIDATION)],
-                                      drt.data.cache_dir)}
+             "provenance": demo.provenance_of(drt, hays)}
   results.update(lm, **({"hop_traces": traces} if traces else {}))
   with open(os.path.join(workdir, "results.json.tmp"), "w") as f:
     json.dump(results, f, indent=1)

@@ -353,10 +353,8 @@ class OptimConfig:
       _fail(c, "clip_norm", self.clip_norm, "must be >= 0 (0 disables clipping)")
     if self.grad_accum < 1:
       _fail(c, "grad_accum", self.grad_accum, "must be >= 1")
-    if self.restart_lr and not self.min_lr <= self.restart_lr:
+    if self.restart_lr != 0 and not self.min_lr <= self.restart_lr:
       _fail(c, "restart_lr", self.restart_lr, f"must be 0 (lr again) or >= min_lr={self.min_lr}")
-    if self.restart_lr < 0:
-      _fail(c, "restart_lr", self.restart_lr, "must be >= 0 (0: the later stages peak at lr)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,10 +20,11 @@ ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vn
              "amx_tile", "amx_bf16", "asimd", "sve")
 
 
-def _cpuinfo() -> tuple[str, list[str]]:
+def _cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, list[str]]:
+  """The first processor's model name and the ``ISA_FLAGS`` it has (in that order)."""
   model, flags = platform.processor() or platform.machine(), set()
   try:
-    with open("/proc/cpuinfo") as f:
+    with open(path) as f:
       for line in f:
         key, _, val = line.partition(":")
         key = key.strip().lower()

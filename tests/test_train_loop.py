@@ -64,19 +64,23 @@ def test_metrics_rows(run):
     assert r["lr"] == pytest.approx(float(sched(r["step"] - 1)), rel=1e-5)
 
 
+def _hand_lr(cfg, t, segments):
+  """The warmup-cosine by hand: ``segments`` are ``(first step, steps, peak)`` per stage; in its
+  stage, step t warms up linearly from 0 to the peak, then decays by a cosine to ``min_lr``."""
+  s0, n, peak = [seg for seg in segments if seg[0] <= t][-1]
+  u = t - s0
+  if u < cfg.warmup_steps:
+    return peak * u / cfg.warmup_steps
+  frac = min((u - cfg.warmup_steps) / (n - cfg.warmup_steps), 1.0)
+  return cfg.min_lr + (peak - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
 def test_lr_schedule_matches_formula():
   cfg = OptimConfig(lr=2e-3, min_lr=4e-4, warmup_steps=12)
   total = 100
   sched = optim.lr_schedule(cfg, total)
-
-  def hand(t):
-    if t < cfg.warmup_steps:
-      return cfg.lr * t / cfg.warmup_steps
-    frac = (t - cfg.warmup_steps) / (total - cfg.warmup_steps)
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
-
   for t in range(0, total + 1):
-    assert float(sched(t)) == pytest.approx(hand(t), rel=1e-5, abs=1e-9), t
+    assert float(sched(t)) == pytest.approx(_hand_lr(cfg, t, ((0, total, cfg.lr),)), rel=1e-5, abs=1e-9), t
   assert float(sched(0)) == 0.0 and float(sched(cfg.warmup_steps)) == pytest.approx(cfg.lr)
   assert float(sched(total)) == pytest.approx(cfg.min_lr)
   assert float(sched(total + 50)) == pytest.approx(cfg.min_lr)  # stays at the floor
@@ -87,22 +91,14 @@ def test_lr_schedule_restarts_at_each_curriculum_stage():
   without the flag the stage starts change nothing."""
   cfg = OptimConfig(lr=2e-3, min_lr=2e-4, warmup_steps=10, restart_each_stage=True)
   starts, total = [60], 100
-
-  def hand(t, segments=((0, 60), (60, 40))):
-    s0, n = [seg for seg in segments if seg[0] <= t][-1]
-    u = t - s0
-    if u < cfg.warmup_steps:
-      return cfg.lr * u / cfg.warmup_steps
-    frac = min((u - cfg.warmup_steps) / (n - cfg.warmup_steps), 1.0)
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
-
+  stages = ((0, 60, cfg.lr), (60, 40, cfg.lr))
   sched = optim.lr_schedule(cfg, total, starts)
   for t in range(0, total + 1):
-    assert float(sched(t)) == pytest.approx(hand(t), rel=1e-5, abs=1e-9), t
+    assert float(sched(t)) == pytest.approx(_hand_lr(cfg, t, stages), rel=1e-5, abs=1e-9), t
   assert float(sched(59)) < 1.01 * cfg.min_lr and float(sched(60)) == 0.0
   plain = optim.lr_schedule(dataclasses.replace(cfg, restart_each_stage=False), total, starts)
   for t in range(0, total + 1):  # without the flag: one warmup-cosine over all steps
-    assert float(plain(t)) == pytest.approx(hand(t, ((0, total),)), rel=1e-5, abs=1e-9), t
+    assert float(plain(t)) == pytest.approx(_hand_lr(cfg, t, ((0, total, cfg.lr),)), rel=1e-5, abs=1e-9), t
   exp = dataclasses.replace(get_experiment("demo_drt"), optim=cfg)
   assert optim.stage_starts_of(exp) == [1200]
 
@@ -112,18 +108,9 @@ def test_lr_schedule_restart_lr_sets_the_later_stages_peak():
   to min_lr over its own steps (hand formula); bad values are refused with the field named."""
   cfg = OptimConfig(lr=2e-3, min_lr=2e-4, warmup_steps=10, restart_each_stage=True, restart_lr=8e-4)
   segments = ((0, 50, 2e-3), (50, 30, 8e-4), (80, 40, 8e-4))
-
-  def hand(t):
-    s0, n, peak = [seg for seg in segments if seg[0] <= t][-1]
-    u = t - s0
-    if u < cfg.warmup_steps:
-      return peak * u / cfg.warmup_steps
-    frac = min((u - cfg.warmup_steps) / (n - cfg.warmup_steps), 1.0)
-    return cfg.min_lr + (peak - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
-
   sched = optim.lr_schedule(cfg, 120, [50, 80])
   for t in range(0, 121):
-    assert float(sched(t)) == pytest.approx(hand(t), rel=1e-5, abs=1e-9), t
+    assert float(sched(t)) == pytest.approx(_hand_lr(cfg, t, segments), rel=1e-5, abs=1e-9), t
   assert max(float(sched(t)) for t in range(50, 120)) == pytest.approx(8e-4, rel=1e-6)
   for bad in (-1e-3, 1e-4):  # negative; below min_lr
     with pytest.raises(ConfigError, match="restart_lr"):
@@ -140,14 +127,7 @@ def test_optimizer_for_steps_with_the_restarted_schedule():
   exp = dataclasses.replace(base, optim=cfg,
                             data=dataclasses.replace(base.data, curriculum="120x32:60"),
                             train=dataclasses.replace(base.train, steps=100))
-
-  def hand(t):
-    s0, n = (0, 60) if t < 60 else (60, 40)
-    u = t - s0
-    if u < cfg.warmup_steps:
-      return cfg.lr * u / cfg.warmup_steps
-    frac = min((u - cfg.warmup_steps) / (n - cfg.warmup_steps), 1.0)
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
+  stages = ((0, 60, cfg.lr), (60, 40, cfg.lr))
 
   tx, _ = optim.optimizer_for(exp)
   params = {"w": jnp.zeros(())}
@@ -155,7 +135,8 @@ def test_optimizer_for_steps_with_the_restarted_schedule():
   grads = {"w": jnp.ones(())}
   for t in range(100):
     updates, state = tx.update(grads, state, params)
-    assert float(updates["w"]) == pytest.approx(-hand(t) / (1 + cfg.eps), rel=1e-5, abs=1e-10), t
+    assert float(updates["w"]) == pytest.approx(-_hand_lr(cfg, t, stages) / (1 + cfg.eps), rel=1e-5,
+                                               abs=1e-10), t
 
 
 def test_weight_decay_mask():

@@ -8,10 +8,10 @@ import optax
 from gca_jax.config import OptimConfig
 
 
-def _warmup_cosine(cfg: OptimConfig, steps: int, peak: float | None = None) -> optax.Schedule:
+def _warmup_cosine(cfg: OptimConfig, steps: int, peak: float) -> optax.Schedule:
   warmup = min(cfg.warmup_steps, max(steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=cfg.lr if peak is None else peak, warmup_steps=warmup,
+      init_value=0.0, peak_value=peak, warmup_steps=warmup,
       decay_steps=max(steps, warmup + 1), end_value=cfg.min_lr)
 
 
@@ -25,7 +25,7 @@ def lr_schedule(cfg: OptimConfig, total_steps: int, stage_starts=()) -> optax.Sc
   carry over."""
   restarts = list(stage_starts)  # increasing, inside (0, total_steps): DataConfig.stages
   if not (cfg.restart_each_stage and restarts):
-    return _warmup_cosine(cfg, total_steps)
+    return _warmup_cosine(cfg, total_steps, cfg.lr)
   ends = [*restarts, total_steps]
   starts = [0, *restarts]
   peaks = [cfg.lr] + [cfg.restart_lr or cfg.lr] * len(restarts)
