@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from gca_jax import parallel
-from gca_jax.config import CheckpointConfig, Experiment, MeshConfig, migrate, to_dict
+from gca_jax.config import CheckpointConfig, Experiment, MeshConfig, from_dict, migrate, to_dict
 from gca_jax.train.optim import optimizer_for
 from gca_jax.train.state import abstract_train_state
 
@@ -98,18 +98,22 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001
       raise self._error(step, e) from e
 
-  def restore(self, step: int, target: Any, data_iter: Any, exp: Experiment) -> Any:
-    """The state of checkpoint ``step`` laid out like ``target`` (ShapeDtypeStructs with
-    shardings, e.g. for another mesh); also moves ``data_iter`` (if not None) to the saved
-    position. Checks the model config first."""
+  def check_model(self, step: int, exp: Experiment) -> None:
+    """Raises CheckpointError naming every field where checkpoint ``step``'s architecture
+    differs from ``exp.model``; execution settings (kernel, remat, blocks) may differ."""
     saved = self.saved_experiment(step)
-    # Only the architecture must match: execution settings (kernel, remat, blocks) may differ.
     diff = _diff(migrate(saved).get("model", {}), dataclasses.asdict(exp.model), "model.")
     if diff:
       raise CheckpointError(
           f"checkpoint step {step} in {self.directory} was written by a different model "
           f"configuration ({'; '.join(diff)}). Use another --workdir for this experiment, or "
           "rerun with the checkpoint's settings (see its experiment.json).")
+
+  def restore(self, step: int, target: Any, data_iter: Any, exp: Experiment) -> Any:
+    """The state of checkpoint ``step`` laid out like ``target`` (ShapeDtypeStructs with
+    shardings, e.g. for another mesh); also moves ``data_iter`` (if not None) to the saved
+    position. Checks the model config first."""
+    self.check_model(step, exp)
     it = _IterState()
     items = {"state": ocp.args.StandardRestore(target)}
     if data_iter is not None:
@@ -142,21 +146,27 @@ class Checkpointer:
     self.manager.close()
 
 
-def restore_params(workdir: str | epath.PathLike, exp: Experiment):
-  """The ``nnx.Param`` state of the latest checkpoint in ``workdir`` (for evaluation and
-  serving), restored onto one device; raises CheckpointError when there is none."""
+def restore_params(workdir: str | epath.PathLike, exp: Experiment, *, mesh=None,
+                   fix: str = "") -> Any:
+  """The ``nnx.Param`` state of the latest checkpoint in ``workdir`` laid out for ``mesh`` (one
+  device when None: evaluation and serving), after checking that its architecture is
+  ``exp.model``. The checkpoint's own optimiser state is read (its shape comes from the
+  experiment saved with it, which may differ from ``exp``'s) and dropped. ``fix`` is the advice
+  when there is no checkpoint. Raises CheckpointError."""
+  fix = fix or (f"train first (python -m experiments.main --workdir={workdir}), or pass "
+                "--random_init for a smoke run")
   ckdir = epath.Path(workdir) / "checkpoints"
-  if not ckdir.exists():
-    raise CheckpointError(f"no checkpoints in {ckdir}: train first (python -m experiments.main "
-                          f"--workdir={workdir}), or pass --random_init for a smoke run")
+  if not ckdir.is_dir():
+    raise CheckpointError(f"no checkpoints in {ckdir}: {fix}")
   cp = Checkpointer(workdir, exp.checkpoint)
   try:
     step = cp.latest_step()
     if step is None:
-      raise CheckpointError(f"{ckdir} holds no complete checkpoint: train first, or pass "
-                            "--random_init for a smoke run")
-    mesh = parallel.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
-    _, _, _, target, _ = abstract_train_state(exp, mesh, optimizer_for(exp)[0])
+      raise CheckpointError(f"{ckdir} holds no complete checkpoint: {fix}")
+    cp.check_model(step, exp)
+    saved = from_dict(cp.saved_experiment(step))
+    mesh = mesh or parallel.make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
+    _, _, _, target, _ = abstract_train_state(exp, mesh, optimizer_for(saved)[0])
     return cp.restore(step, target, None, exp).params
   finally:
     cp.close()

@@ -399,6 +399,10 @@ class TrainConfig:
   eval_batches: int = 4
   seed: int = 0
   answer_loss_weight: float = 0.0  # extra weight on needle-answer tokens (passkey training)
+  # A run folder whose latest checkpoint gives the initial parameters (a warm start, e.g. a task
+  # curriculum: single passkey, then several needles): step 0, a fresh optimiser and data
+  # stream. The architecture must match; ignored once this run has a checkpoint of its own.
+  init_from: str = ""
 
   def __post_init__(self):
     for name in ("steps", "log_every"):

@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 
 from experiments.registry import get_experiment
+from gca_jax.checkpoint import CheckpointError, restore_params
 from gca_jax.config import ConfigError, OptimConfig, apply_overrides
 from gca_jax.model import build_model
 from gca_jax.train import optim
@@ -179,3 +180,39 @@ def test_train_compiles_with_the_execution_compiler_options(tmp_path):
                          "execution.cpu_compiler_options=xla_cpu_not_an_option=1"])
   with pytest.raises(Exception, match="No such compile option: 'xla_cpu_not_an_option'"):
     train(exp, str(tmp_path / "w"))
+
+
+def _leaves(workdir, exp):
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(restore_params(workdir, exp))]
+
+
+def test_init_from_starts_at_the_source_runs_params(run, tmp_path):
+  """train.init_from: step 0 holds the source run's last checkpoint (read back from its folder
+  with restore_params), not a fresh initialisation. One step at lr 1e-30 (a float32 no-op for
+  these weights) lets the warm-started run's own checkpoint be compared with the source's."""
+  exp, src, _ = run
+  sets = ["train.steps=1", "train.eval_every=0", "optim.lr=1e-30", "optim.min_lr=0",
+          "optim.warmup_steps=0", f"data.cache_dir={tmp_path / 'cache'}"]
+  warm = apply_overrides(exp, [*sets, f"train.init_from={src}"])
+  cold = apply_overrides(exp, sets)
+  train(warm, str(tmp_path / "warm"))
+  train(cold, str(tmp_path / "cold"))
+  want = _leaves(src, exp)
+  got = _leaves(tmp_path / "warm", warm)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+  assert max(float(np.abs(a - b).max()) for a, b in zip(_leaves(tmp_path / "cold", cold), want)) > 1e-3
+  rows = [r for r in read_metrics(tmp_path / "warm" / "metrics.jsonl") if "loss" in r]
+  assert [r["step"] for r in rows] == [1]  # a new run: step 0, not the source's step 30
+
+
+def test_init_from_refuses_a_missing_run_or_another_architecture(run, tmp_path):
+  exp, src, _ = run
+  base = ["train.steps=1", f"data.cache_dir={tmp_path / 'cache'}"]
+  with pytest.raises(CheckpointError, match="no checkpoints in .*train.init_from must name"):
+    train(apply_overrides(exp, [*base, f"train.init_from={tmp_path / 'nothing'}"]), str(tmp_path / "a"))
+  assert not (tmp_path / "a").exists() and not (tmp_path / "nothing").exists()
+  wide = apply_overrides(exp, [*base, f"train.init_from={src}", f"model.d_model={exp.model.d_model * 2}"])
+  with pytest.raises(CheckpointError, match=r"model\.d_model: checkpoint"):
+    train(wide, str(tmp_path / "b"))
+  assert not (tmp_path / "b").exists()

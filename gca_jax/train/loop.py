@@ -23,7 +23,7 @@ from etils import epath
 from flax import nnx
 
 from gca_jax import parallel
-from gca_jax.checkpoint import Checkpointer
+from gca_jax.checkpoint import Checkpointer, restore_params
 from gca_jax.config import Experiment, to_dict
 from gca_jax.data.pipeline import staged_datasets_from_config
 from gca_jax.model import count_params
@@ -100,6 +100,11 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
   from gca_jax.data.tokenizer import check_model_ids
   check_model_ids(tok, exp.model)  # vocabulary, pad and landmark ids
 
+  warm = None
+  if exp.train.init_from and not (workdir / "checkpoints").exists():  # before anything is written
+    warm = restore_params(exp.train.init_from, exp, mesh=mesh, fix=(
+        "train.init_from must name a trained run's --workdir (or be empty for a random "
+        "initialisation)"))
   workdir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
   graphdef, abstract, shardings, target, init_fn = abstract_train_state(exp, mesh, tx)
   bsh = parallel.batch_sharding(mesh)
@@ -128,6 +133,9 @@ def train(exp: Experiment, workdir: str | os.PathLike, *, log=None) -> dict[str,
     log(f"[{exp.name}] resumed from checkpoint step {latest} in {ckpt.directory}")
   else:
     state = jax.jit(init_fn, out_shardings=shardings)()
+    if warm is not None:
+      state = state.replace(params=warm)
+      log(f"[{exp.name}] parameters from {exp.train.init_from} (train.init_from), step 0")
   start = int(jax.device_get(state.step))
   if main:
     write_experiment_json(exp, workdir)
