@@ -11,7 +11,9 @@ what weight, at the two landmarks that matter.
 
 Each picked chunk gets a role: ``A`` (holds v1, the first hop's answer), ``B`` (holds v2),
 ``distractor`` (the other chain), ``other`` (haystack or the question). A target chunk at or
-after the landmark's own chunk is inside the sliding window and needs no pick.
+after the landmark's own chunk is inside the sliding window and needs no pick. Runs trained on
+the ``multi`` variant (one real key/value needle among five distractors) are traced the same
+way, with ``A`` the real needle's value and no ``B``: one content-addressed hop.
 
   python -m experiments.hop_traces --hop_run=runs/replicate/demo_drt-2hop-top8-groups2 \\
       --hop_trace_multipliers=1,64 --hop_trace_samples=40
@@ -42,21 +44,28 @@ def _chunks(lo: int, hi: int, s: int) -> set[int]:
   return set(range(lo // s, (hi - 1) // s + 1))
 
 
-def needle_roles(sample: dict, tok, token_cnt: int, s: int, pad: int = 0) -> dict[str, set[int]]:
-  """Chunks of v1 in needle A, of v2 in needle B and of the distractor needles (chunk size
-  ``s``, ``pad`` tokens of left padding), found by reading the needles' variables."""
-  from gca_jax.data.passkey import HOP_NEEDLE, HOP_QUESTION
+def needle_roles(sample: dict, tok, token_cnt: int, s: int, pad: int = 0,
+                 variant: str = "multihop") -> dict[str, set[int]]:
+  """Chunks of the needles' targets (chunk size ``s``, ``pad`` tokens of left padding), found
+  by reading the needles' variables. ``multihop``: ``A`` holds v1 in needle A (``v0 -> v1``),
+  ``B`` v2 in needle B (``v1 -> v2``). ``multi`` (one hop among needles): ``A`` holds the value
+  of the needle whose key the question names, ``B`` is empty. ``distractor``: every chunk of
+  the other needles."""
+  from gca_jax.data import passkey
+  needle, question = {"multihop": (passkey.HOP_NEEDLE, passkey.HOP_QUESTION),
+                      "multi": (passkey.MULTI_NEEDLE, passkey.MULTI_QUESTION)}[variant]
   x = np.asarray(sample["tokens"])
   t = token_cnt
-  pre, mid = len(tok.encode(HOP_NEEDLE[0])), len(tok.encode(HOP_NEEDLE[1]))
+  pre, mid = len(tok.encode(needle[0])), len(tok.encode(needle[1]))
   a0 = int(sample["answer_start"])
-  q_len = len(tok.encode(HOP_QUESTION[0])) + t + len(tok.encode(HOP_QUESTION[1]))
-  v0 = x[a0 - q_len + len(tok.encode(HOP_QUESTION[0])):][:t]
-  v1 = x[a0:a0 + t]
+  q_len = len(tok.encode(question[0])) + t + len(tok.encode(question[1]))
+  v0 = x[a0 - q_len + len(tok.encode(question[0])):][:t]
+  v1 = x[a0:a0 + t] if variant == "multihop" else None
   out: dict[str, set[int]] = {"A": set(), "B": set(), "distractor": set()}
   for st in np.asarray(sample["needle_starts"]).tolist():
     src, dst = x[st + pre:st + pre + t], st + pre + t + mid
-    role = "A" if np.array_equal(src, v0) else "B" if np.array_equal(src, v1) else "distractor"
+    role = ("A" if np.array_equal(src, v0) else
+            "B" if v1 is not None and np.array_equal(src, v1) else "distractor")
     lo, hi = (dst, dst + t) if role != "distractor" else (st, dst + t + 1)
     out[role] |= _chunks(lo + pad, hi + pad, s)
   return out
@@ -76,7 +85,7 @@ def landmark_picks(roles: dict[str, set[int]], idx: np.ndarray, w: np.ndarray, l
 
 
 def trace(model, tok, hay, length: int, samples: int, token_cnt: int, *, seed: int = 0,
-          batch: int = 4, alphabet: str = "digits") -> dict:
+          batch: int = 4, alphabet: str = "digits", variant: str = "multihop") -> dict:
   """Per group, at the question's landmark and the one before it: the share of samples whose
   picks cover A's and B's target chunks, the mean weight per role, and 3 example samples."""
   import jax
@@ -90,12 +99,12 @@ def trace(model, tok, hay, length: int, samples: int, token_cnt: int, *, seed: i
   per: dict = {}
   examples = []
   for ids in runtime.batches(samples, batch):
-    smp = [build_sample(hay, length, runtime.sample_rng(seed, length, i), tok, "multihop",
+    smp = [build_sample(hay, length, runtime.sample_rng(seed, length, i), tok, variant,
                         token_cnt, cfg, alphabet=alphabet) for i in ids]
     inputs = [model_inputs(x, cfg) for x in smp]
     ret = jax.device_get(forward(jnp.asarray(np.stack([x for x, _ in inputs]))))
     for b, (x, (_, pad)) in enumerate(zip(smp, inputs)):
-      roles = needle_roles(x, tok, token_cnt, s, pad)
+      roles = needle_roles(x, tok, token_cnt, s, pad, variant)
       q_lmk = (int(x["answer_start"]) + pad) // s - 1
       ex = {"sample": ids[b], "question_landmark": q_lmk,
             "roles": {r: sorted(v) for r, v in roles.items()}, "groups": []}
@@ -132,11 +141,13 @@ def trace_run(run_dir: str, multipliers: list[int], samples: int, hay=None, tok=
     hay = np.asarray(token_store.load_split(store, "validation").tokens)
   model, _ = load_model(exp, run_dir, False)
   t = exp.data.seq_len
-  token_cnt = trained_token_cnt(exp, "multihop") or 5
+  variant = exp.data.passkey if exp.data.passkey in ("multihop", "multi") else "multihop"
+  token_cnt = trained_token_cnt(exp, variant) or 5
   out = []
   for m in multipliers:
     r = {"run": exp.name, "multiplier": m, **trace(model, tok, hay, m * t, samples, token_cnt,
-                                                          alphabet=trained_alphabet(exp, "multihop"))}
+                                                          alphabet=trained_alphabet(exp, variant),
+                                                          variant=variant)}
     for row in r["summary"]:
       log(f"  trace {exp.name} {m:4d}x group {row['group']} at {row['landmark']:15s}: covers A "
           f"{row['covers_A']:.2f} B {row['covers_B']:.2f}; weight A {row['w_A']:.2f} B {row['w_B']:.2f} "

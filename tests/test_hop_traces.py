@@ -26,13 +26,18 @@ def _by_search(text: str, v0: str, v1: str, s: int, pad: int) -> dict:
   return out
 
 
-def test_needle_roles_match_a_string_search():
+def _byte_samples(variant: str, length: int):
+  """Four samples of ``variant`` on a byte-tokenised haystack (3-character variables, chunks of
+  12): the sample, its text and where its answer starts."""
   tok = ByteTokenizer(256)
-  hay = np.frombuffer(b"lorem ipsum dolor sit amet " * 40, np.uint8).astype(np.int64)
+  hay = np.frombuffer(b"lorem ipsum dolor sit amet " * (length // 10), np.uint8).astype(np.int64)
   for seed in range(4):
-    smp = make_passkey_sample(hay, 300, np.random.default_rng(seed), tok, "multihop", 3, layout_chunk=12)
-    text = bytes(int(b) for b in smp["tokens"]).decode()
-    a0 = int(smp["answer_start"])
+    smp = make_passkey_sample(hay, length, np.random.default_rng(seed), tok, variant, 3, layout_chunk=12)
+    yield tok, smp, bytes(int(b) for b in smp["tokens"]).decode(), int(smp["answer_start"])
+
+
+def test_needle_roles_match_a_string_search():
+  for tok, smp, text, a0 in _byte_samples("multihop", 300):
     v1, v0 = text[a0:a0 + 3], text[a0 - 7:a0 - 4]  # the question ends "from <v0> is "
     assert text[a0 - 22:a0] == f"|The path from {v0} is "
     for pad in (0, 5):
@@ -49,3 +54,22 @@ def test_landmark_picks_weights_and_coverage():
   # at landmark 6 chunk 7 is ahead of the landmark: B needs no pick there
   assert hop_traces.landmark_picks(roles, idx[:2], w[:2], lmk=6)["covers_B"]
   assert not hop_traces.landmark_picks(roles, idx[1:3], w[1:3], lmk=8)["covers_A"]
+
+
+def test_multi_needle_roles_match_a_string_search():
+  """One hop among needles: A is the value of the needle keyed by the question's key."""
+  for tok, smp, text, a0 in _byte_samples("multi", 600):
+    key = text[a0 - 7:a0 - 4]
+    assert text[a0 - 21:a0] == f"|The value of {key} is "
+    head = "|One of the special magic numbers for "
+    want = {"A": set(), "B": set(), "distractor": set()}
+    for k in range(len(text)):
+      if text.startswith(head, k):
+        end = text.index("|", k + 1) + 1
+        if text[k + len(head):k + len(head) + 3] == key:
+          want["A"] = {p // 12 for p in range(end - 4, end - 1)}
+          assert text[end - 4:end - 1] == text[a0:a0 + 3]  # the value is the answer
+        else:
+          want["distractor"] |= {p // 12 for p in range(k, end)}
+    assert want["A"] and want["distractor"]
+    assert hop_traces.needle_roles(smp, tok, 3, 12, 0, "multi") == want
