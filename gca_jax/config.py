@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from typing import Any
 
 MODEL_TYPES = ("drt", "sliding_window", "full_attention", "full_attention_rope")
@@ -355,6 +356,10 @@ class OptimConfig:
       _fail(c, "grad_accum", self.grad_accum, "must be >= 1")
     if self.restart_lr != 0 and not self.min_lr <= self.restart_lr:
       _fail(c, "restart_lr", self.restart_lr, f"must be 0 (lr again) or >= min_lr={self.min_lr}")
+    if self.restart_lr != 0 and not self.restart_each_stage:
+      warnings.warn(f"{c}.restart_lr={self.restart_lr} has no effect without restart_each_stage=True "
+                    f"(one warmup-cosine over all steps, peak lr={self.lr}); set "
+                    "optim.restart_each_stage=true to use it, or optim.restart_lr=0", stacklevel=3)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -116,6 +117,11 @@ def test_lr_schedule_restart_lr_sets_the_later_stages_peak():
   for bad in (-1e-3, 1e-4):  # negative; below min_lr
     with pytest.raises(ConfigError, match="restart_lr"):
       OptimConfig(lr=2e-3, min_lr=2e-4, restart_lr=bad)
+  with pytest.warns(UserWarning, match="restart_each_stage=true"):  # set but ignored: said so
+    OptimConfig(lr=2e-3, min_lr=2e-4, restart_lr=8e-4)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    OptimConfig(lr=2e-3, min_lr=2e-4, restart_lr=8e-4, restart_each_stage=True)
 
 
 def test_optimizer_for_steps_with_the_restarted_schedule():
