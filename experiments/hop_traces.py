@@ -51,9 +51,8 @@ def needle_roles(sample: dict, tok, token_cnt: int, s: int, pad: int = 0,
   ``B`` v2 in needle B (``v1 -> v2``). ``multi`` (one hop among needles): ``A`` holds the value
   of the needle whose key the question names, ``B`` is empty. ``distractor``: every chunk of
   the other needles."""
-  from gca_jax.data import passkey
-  needle, question = {"multihop": (passkey.HOP_NEEDLE, passkey.HOP_QUESTION),
-                      "multi": (passkey.MULTI_NEEDLE, passkey.MULTI_QUESTION)}[variant]
+  from gca_jax.data.passkey import form
+  needle, question = form(variant)
   x = np.asarray(sample["tokens"])
   t = token_cnt
   pre, mid = len(tok.encode(needle[0])), len(tok.encode(needle[1]))

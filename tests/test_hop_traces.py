@@ -62,14 +62,15 @@ def test_multi_needle_roles_match_a_string_search():
     key = text[a0 - 7:a0 - 4]
     assert text[a0 - 21:a0] == f"|The value of {key} is "
     head = "|One of the special magic numbers for "
-    want = {"A": set(), "B": set(), "distractor": set()}
-    for k in range(len(text)):
-      if text.startswith(head, k):
-        end = text.index("|", k + 1) + 1
-        if text[k + len(head):k + len(head) + 3] == key:
-          want["A"] = {p // 12 for p in range(end - 4, end - 1)}
-          assert text[end - 4:end - 1] == text[a0:a0 + 3]  # the value is the answer
-        else:
-          want["distractor"] |= {p // 12 for p in range(k, end)}
-    assert want["A"] and want["distractor"]
-    assert hop_traces.needle_roles(smp, tok, 3, 12, 0, "multi") == want
+    for pad in (0, 5):
+      want = {"A": set(), "B": set(), "distractor": set()}
+      for k in range(len(text)):
+        if text.startswith(head, k):
+          end = text.index("|", k + 1) + 1
+          if text[k + len(head):k + len(head) + 3] == key:
+            want["A"] = {(p + pad) // 12 for p in range(end - 4, end - 1)}
+            assert text[end - 4:end - 1] == text[a0:a0 + 3]  # the value is the answer
+          else:
+            want["distractor"] |= {(p + pad) // 12 for p in range(k, end)}
+      assert want["A"] and want["distractor"]
+      assert hop_traces.needle_roles(smp, tok, 3, 12, pad, "multi") == want

@@ -35,6 +35,17 @@ HOP_QUESTION = ("|The path from ", " is ")
 HOP_ANSWER_SEP = ","
 MULTI_NEEDLE = ("|One of the special magic numbers for ", " is ", "|")
 MULTI_QUESTION = ("|The value of ", " is ")
+# Each variant's needle and question constants, by name: gca_jax.evals.templates swaps them.
+FORM_NAMES = {"single": ("SINGLE_NEEDLE", "SINGLE_QUESTION"), "multihop": ("HOP_NEEDLE", "HOP_QUESTION"),
+              "multi": ("MULTI_NEEDLE", "MULTI_QUESTION")}
+
+
+def form(variant: str) -> tuple:
+  """``variant``'s (needle, question) templates as installed now (``templates.applied`` may
+  have swapped them). Key/value variants: needle (before the key, between key and value, after
+  the value), question (before the key, after it)."""
+  needle, question = FORM_NAMES[variant]
+  return globals()[needle], globals()[question]
 
 
 class TokenizerLike(Protocol):

@@ -38,8 +38,7 @@ def applied(variant: str, t: Templates | None):
   if t is None or (t.needle is None and t.question is None):
     yield
     return
-  names = {"single": ("SINGLE_NEEDLE", "SINGLE_QUESTION"), "multihop": ("HOP_NEEDLE", "HOP_QUESTION"),
-           "multi": ("MULTI_NEEDLE", "MULTI_QUESTION")}[variant]
+  names = builder.FORM_NAMES[variant]
   saved = {n: getattr(builder, n) for n in names}
   try:
     if t.needle is not None:
