@@ -378,6 +378,13 @@ def lm_sliding_window() -> Experiment:
 
 
 @register
+def lm_sliding_window_narrow() -> Experiment:
+  """lm diagnostic (``--lm_models=...,sliding_window_narrow``): the sliding window with the
+  DRT's MLP width (SwiGLU 128, 229,952 parameters), so retrieval is compared at equal width."""
+  return _lm(dataclasses.replace(LM_BASE_MODEL, model_type="sliding_window", mlp_dim=DEMO_MODEL.mlp_dim))
+
+
+@register
 def lm_full_attention() -> Experiment:
   """lm baseline: 4 full-attention ALiBi layers, the DRT's parameter count."""
   return _lm(dataclasses.replace(LM_BASE_MODEL, model_type="full_attention"))

@@ -278,21 +278,43 @@ def test_drt_matches_numpy(changes, b, t):
   _close(out["logits"], ref_logits, 1e-4, "logits")
 
 
+def _zero_gca(wts: dict) -> None:
+  """Zeroes every GCA output projection of the numpy weights (the reference without GCA)."""
+  for g in wts["groups"].values():
+    for p in g.values():
+      p["gca"]["o"]["kernel"] = np.zeros_like(p["gca"]["o"]["kernel"])
+
+
 def test_gca_actually_matters():
   """Sanity of the reference: dropping the GCA changes the logits (so the test above sees it)."""
   cfg = BASE
   wts = _weights(_model(DRT, cfg, seed=1))
   tokens = _tokens(5, 1, 37, cfg)
   ref, picks = np_drt(tokens, wts, cfg)
-  for g in wts["groups"].values():
-    for p in g.values():
-      p["gca"]["o"]["kernel"] = np.zeros_like(p["gca"]["o"]["kernel"])
+  _zero_gca(wts)
   no_gca, _ = np_drt(tokens, wts, cfg)
   s_ = cfg.chunk_size
   # chunks 0 and 1 get no GCA; every later chunk does
   np.testing.assert_allclose(no_gca[:, : 2 * s_], ref[:, : 2 * s_], rtol=1e-12, atol=1e-12)
   assert np.abs(no_gca[:, 2 * s_:] - ref[:, 2 * s_:]).max() > 1e-2
   assert all(len(picks[0][0][c][0]) == min(c, cfg.top_k) for c in range(8))
+
+
+def test_without_retrieval_is_the_reference_without_gca():
+  """The retrieval ablation equals the numpy DRT with every GCA output projection zeroed, and
+  leaves the model it copies untouched."""
+  from gca_jax.model import without_retrieval
+  cfg = BASE
+  model = _model(DRT, cfg, seed=2)
+  wts = _weights(model)
+  tokens = _tokens(6, 2, 41, cfg)
+  ref, _ = np_drt(tokens, wts, cfg)
+  _zero_gca(wts)
+  ref_off, _ = np_drt(tokens, wts, cfg)
+  _close(_forward(without_retrieval(model), jnp.asarray(tokens))["logits"], ref_off, 1e-4, "ablated")
+  _close(_forward(model, jnp.asarray(tokens))["logits"], ref, 1e-4, "original after the copy")
+  with pytest.raises(ValueError, match="needs a DRT"):
+    without_retrieval(_model(SlidingWindowLM, dataclasses.replace(cfg, model_type="sliding_window"), 0))
 
 
 @pytest.mark.parametrize("cls,window", [(SlidingWindowLM, 6), (FullAttentionLM, None)])

@@ -32,12 +32,13 @@ def test_lm_models_have_equal_parameter_counts():
   from experiments.registry import get_experiment
   from gca_jax.model import build_model, count_params
   counts = {}
-  for model, name in lm_stage.MODELS.items():
+  for model, name in {**lm_stage.MODELS, **lm_stage.EXTRA}.items():
     cfg = get_experiment(name).model
     built = nnx.eval_shape(lambda cfg=cfg: build_model(cfg, rngs=nnx.Rngs(0)))
     counts[model] = count_params(built)
     assert counts[model] == _hand_count(cfg), model
-  assert counts["drt"] == 246_592
+  assert counts["drt"] == 246_592 and counts["sliding_window_narrow"] == 229_952
+  assert get_experiment("lm_sliding_window_narrow").model.mlp_dim == get_experiment("lm_drt").model.mlp_dim
   for m in ("sliding_window", "full_attention", "full_attention_rope"):
     assert abs(counts[m] / counts["drt"] - 1) < 0.002, counts
   assert get_experiment("lm_full_attention_rope").model.model_type == "full_attention_rope"
@@ -83,8 +84,8 @@ def test_lm_stage_rows_equal_dense_forward(tmp_path, monkeypatch):
                            heldout=heldout_texts(tmp_path / "manuals"), multipliers=[1],
                            long_multipliers=[2], windows=2)
   rows = out["lm_ppl"]
-  want = {(m, h, x) for h in ("validation", "manuals") for m in lm_stage.MODELS
-          for x in ((1, 2) if m in lm_stage.LONG else (1,))}
+  want = {(m, h, x) for h in ("validation", "manuals") for m in (*lm_stage.MODELS, lm_stage.ABLATED)
+          for x in ((1, 2) if m in (*lm_stage.LONG, lm_stage.ABLATED) else (1,))}
   assert {(r["model"], r["haystack"], r["multiplier"]) for r in rows} == want
   assert out["lm_span_tokens"] == 32 * 2 * 2 and all(r["tokens"] == 128 - 128 // r["length"] for r in rows)
   exp = apply_overrides(get_experiment("lm_drt"), sets)
@@ -99,6 +100,14 @@ def test_lm_stage_rows_equal_dense_forward(tmp_path, monkeypatch):
       if r["model"] == model_name:
         ref = _dense_ppl(models[name], np.asarray(hays[r["haystack"]][:128]), r["length"])
         assert r["ppl"] == pytest.approx(ref, rel=2e-4), r
+  from gca_jax.model import without_retrieval
+  ablated = without_retrieval(models["lm_drt"])
+  for r in rows:
+    if r["model"] == lm_stage.ABLATED:
+      ref = _dense_ppl(ablated, np.asarray(hays[r["haystack"]][:128]), r["length"])
+      assert r["ppl"] == pytest.approx(ref, rel=2e-4), r
+      on = next(x for x in rows if (x["model"], x["haystack"], x["length"]) == ("drt", r["haystack"], r["length"]))
+      assert abs(r["ppl"] / on["ppl"] - 1) > 1e-4, (r, on)  # the ablation is not the DRT itself
   md = lm_stage.markdown({**out, "lm_train_length": 32})
   assert md.count("| full_attention_rope |") == 2 and "manuals (unseen)" in md
   t = out["lm_targets"]["validation"]
@@ -107,3 +116,9 @@ def test_lm_stage_rows_equal_dense_forward(tmp_path, monkeypatch):
       100 * (at["drt", 1] / at["full_attention", 1] - 1), abs=0.01)
   assert t["drt_2x_vs_1x_pct"] == pytest.approx(100 * (at["drt", 2] / at["drt", 1] - 1), abs=0.01)
   assert t["drt_1x_le_sliding_window"] == (at["drt", 1] <= at["sliding_window", 1])
+  assert t["drt_without_retrieval_1x_pct"] == pytest.approx(
+      100 * (at[lm_stage.ABLATED, 1] / at["drt", 1] - 1), abs=0.01)
+  assert md.count(f"| {lm_stage.ABLATED} | {out['lm_models']['drt']['parameters']:,} |") == 2
+  with pytest.raises(ValueError, match="unknown"):
+    lm_stage.run_stage(str(tmp_path / "rep"), sets, cache, heldout=heldout_texts(tmp_path / "manuals"),
+                       multipliers=[1], long_multipliers=[], windows=1, models=("drt", "swa"))

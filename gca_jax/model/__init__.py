@@ -6,7 +6,7 @@ from flax import nnx
 
 from gca_jax.config import ExecutionConfig, ModelConfig
 from gca_jax.model.baselines import FullAttentionLM, FullAttentionRoPELM, SlidingWindowLM
-from gca_jax.model.drt import DRT
+from gca_jax.model.drt import DRT, without_retrieval
 
 _MODELS = {"drt": DRT, "sliding_window": SlidingWindowLM, "full_attention": FullAttentionLM,
            "full_attention_rope": FullAttentionRoPELM}
@@ -23,4 +23,5 @@ def count_params(model) -> int:
   return sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
 
 
-__all__ = ["DRT", "SlidingWindowLM", "FullAttentionLM", "FullAttentionRoPELM", "build_model", "count_params"]
+__all__ = ["DRT", "SlidingWindowLM", "FullAttentionLM", "FullAttentionRoPELM", "build_model", "count_params",
+           "without_retrieval"]

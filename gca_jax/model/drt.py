@@ -134,3 +134,17 @@ class DRT(LanguageModel):
       for layer in layers:
         h = call_layer(layer, run, h, k_mem, v_mem, idx_used, w_used)
     return self.output(remove_landmarks(h, cfg.chunk_size, length), retrieval, return_hidden)
+
+
+def without_retrieval(model: DRT) -> DRT:
+  """A copy of ``model`` whose GCA outputs are zero: retrieval still runs, but nothing it reads
+  reaches the logits (with the bypass residual every upper layer becomes a plain window layer).
+  The ablation that says what retrieval is worth to a trained DRT; ``model`` is not changed."""
+  if not isinstance(model, DRT):
+    raise ValueError(f"without_retrieval needs a DRT, got {type(model).__name__}: only the DRT "
+                     "retrieves")
+  out = nnx.clone(model)
+  for layers in out.groups:
+    for layer in layers:
+      layer.gca.o.kernel[...] = jnp.zeros_like(layer.gca.o.kernel[...])
+  return out
