@@ -34,16 +34,22 @@ def layout_targets(tokens: np.ndarray, cfg) -> np.ndarray:
   return out.reshape(b, c * (s + 1))
 
 
+def token_nll(model, windows: np.ndarray, forward=None) -> np.ndarray:
+  """Next-token NLL [B, L-1] of windows [B, L] by one dense forward: entry p is
+  -log P(token p+1 | tokens 0..p). ``forward(model, tokens)`` gives the raw-position logits
+  (default ``model.forward(tokens)["logits"]``; pass a jitted one to reuse a compilation)."""
+  tokens = jnp.asarray(windows)
+  logits = model.forward(tokens)["logits"] if forward is None else forward(model, tokens)
+  logp = jax.nn.log_softmax(logits[:, :-1], -1)
+  return -np.take_along_axis(np.asarray(logp), np.asarray(windows)[:, 1:, None], -1)[..., 0]
+
+
 def window_nll(model, engine: Engine | None, windows: np.ndarray, progress=None) -> tuple[float, int]:
   """Summed NLL and number of targets over a batch of windows [B, L]."""
-  cfg = model.cfg
-  targets = layout_targets(windows, cfg)
   if engine is None:
-    logits = model.forward(jnp.asarray(windows))["logits"]
-    logp = jax.nn.log_softmax(logits, -1)
-    ok = targets >= 0
-    nll = -np.take_along_axis(np.asarray(logp), np.where(ok, targets, 0)[..., None], -1)[..., 0]
-    return float(np.sum(np.where(ok, nll, 0.0))), int(ok.sum())
+    nll = token_nll(model, windows)
+    return float(nll.sum()), int(nll.size)
+  targets = layout_targets(windows, model.cfg)
   acc = [0.0, 0]
 
   def on_segment(h, pos0, n):
