@@ -35,6 +35,7 @@ step, haystack, length, samples and seed. Every passkey and perplexity row names
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import sys
@@ -153,20 +154,31 @@ def trained_step(workdir: str) -> int | None:
   return None if s.get("preempted") else int(s.get("step", 0))
 
 
+def run_identity(exp) -> dict:
+  """What names a run: every section of ``exp`` but ``execution`` (kernels, blocking, compiler
+  options change no parameter, so a run is reused and scored under other settings)."""
+  from gca_jax.config import to_dict
+  return {k: v for k, v in json.loads(json.dumps(to_dict(exp))).items() if k != "execution"}
+
+
+def run_fingerprint(exp) -> str:
+  """12 hex digits of ``run_identity``: part of every eval-cache key, so a run folder deleted and
+  trained again under other settings (another learning rate, say) is scored afresh."""
+  return hashlib.sha1(json.dumps(run_identity(exp), sort_keys=True).encode()).hexdigest()[:12]
+
+
 def same_experiment(exp, workdir: str) -> bool:
-  """Whether ``workdir`` holds a run of ``exp``: every section but ``execution`` (kernels,
-  blocking, compiler options change no parameter, so a run is reused under other settings)."""
-  from gca_jax.config import ConfigError, from_dict, to_dict
+  """Whether ``workdir`` holds a run of ``exp`` (``run_identity`` equal)."""
+  from gca_jax.config import ConfigError, from_dict
   path = os.path.join(workdir, "experiment.json")
   if not os.path.exists(path):
     return False
   # through from_dict, so a field added since the run was saved reads as its default
-  identity = lambda e: {k: v for k, v in json.loads(json.dumps(to_dict(e))).items() if k != "execution"}
   try:
     saved = from_dict(json.load(open(path)))
   except ConfigError:
     return False
-  return identity(saved) == identity(exp)
+  return run_identity(saved) == run_identity(exp)
 
 
 def train(exp, workdir: str) -> dict:
@@ -231,7 +243,7 @@ def passkey_rows(kind: str, exp, run_dir: str, step: int, cache: EvalCache, hay,
   rows = []
   for m, samples in plan:
     n = t * m
-    key = f"passkey|{run}|{variant}|step{step}|{haystack}|L{n}|n{samples}|seed{seed}"
+    key = f"passkey|{run}|{run_fingerprint(exp)}|{variant}|step{step}|{haystack}|L{n}|n{samples}|seed{seed}"
     row = cache.get(key)
     if row is None:
       base = {"model": kind, "run": run, "variant": variant, "haystack": haystack, "length": n,
@@ -273,7 +285,7 @@ def ppl_rows(kind: str, exp, run_dir: str, step: int, cache: EvalCache, hay, mul
   rows = []
   for m in multipliers:
     n = t * m
-    key = f"ppl|{run}|step{step}|{haystack}|L{n}|tokens{span}"
+    key = f"ppl|{run}|{run_fingerprint(exp)}|step{step}|{haystack}|L{n}|tokens{span}"
     row = cache.get(key)
     if row is None:
       base = {"model": kind, "run": run, "haystack": haystack, "length": n, "multiplier": m}

@@ -127,6 +127,33 @@ def test_eval_cache_keeps_rows_of_another_process(tmp_path):
                                            "passkey|x|L240": {"accuracy": 0.5}}
 
 
+def test_eval_cache_rows_belong_to_the_run_they_scored(tmp_path, monkeypatch):
+  """A cached perplexity is reused for the same run under other execution settings, but not
+  for a run of the same name trained under other settings (another learning rate)."""
+  import dataclasses
+
+  import numpy as np
+
+  from experiments import demo as demo_mod
+  from gca_jax.evals import perplexity
+  scored = []
+
+  def fake_eval(model, hay, lengths, **kw):
+    scored.append(lengths[0])
+    return [{"ppl": float(len(scored)), "nll": 0.0, "windows": 1, "tokens": lengths[0], "seconds": 0.0}]
+
+  monkeypatch.setattr(perplexity, "perplexity_eval", fake_eval)
+  monkeypatch.setattr(demo_mod, "_model", lambda *a, **k: None)
+  cache = demo_mod.EvalCache(str(tmp_path / "eval_cache.json"))
+  exp = get_experiment("lm_drt")
+  hay = np.zeros(exp.data.seq_len * 4, np.int32)
+  ppl = lambda e: demo_mod.ppl_rows("drt", e, str(tmp_path), 1500, cache, hay, [1], 4)[0]["ppl"]
+  assert ppl(exp) == 1.0
+  assert ppl(dataclasses.replace(exp, execution=dataclasses.replace(exp.execution, remat=True))) == 1.0
+  assert ppl(dataclasses.replace(exp, optim=dataclasses.replace(exp.optim, lr=6e-3))) == 2.0
+  assert ppl(exp) == 1.0 and len(scored) == 2
+
+
 def test_same_experiment_ignores_execution_and_reads_old_json(tmp_path):
   """A workdir's run is the same experiment under other execution settings, also when its
   experiment.json is of the older form (execution keys inside ``model``, no new execution keys);

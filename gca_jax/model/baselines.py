@@ -3,6 +3,7 @@ for ``full_attention_rope``; no landmarks), with ``lower_layers + sum(upper_laye
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Int
@@ -28,7 +29,8 @@ class _DecoderLM(LanguageModel):
               return_hidden: bool = False) -> dict:
     del train, rngs  # deterministic: no dropout, no retrieval noise
     tokens = self._ids(tokens)
-    h = constrain(self.embed(jnp.where(tokens < 0, self.cfg.pad_id, tokens).astype(jnp.int32)), "batch", None, None)
+    with jax.named_scope("embed"):
+      h = constrain(self.embed(jnp.where(tokens < 0, self.cfg.pad_id, tokens).astype(jnp.int32)), "batch", None, None)
     for layer in self.layers:
       h = call_layer(layer, self.run, h)
     return self.output(h, [], return_hidden)

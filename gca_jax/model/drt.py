@@ -47,7 +47,8 @@ class LanguageModel(nnx.Module):
 
   def head(self, h: Float[Array, "... D"]) -> Float[Array, "... V"]:
     """Final norm + tied LM head (float32 logits)."""
-    logits = self.embed.attend(self.head_input(h))
+    with jax.named_scope("head"):
+      logits = self.embed.attend(self.head_input(h))
     return constrain(logits, "batch", None, "vocab") if logits.ndim == 3 else logits
 
   def head_input(self, h: Float[Array, "... D"]) -> Float[Array, "... D"]:
@@ -95,21 +96,23 @@ class DRT(LanguageModel):
     cfg = self.cfg
     b, n, d = h.shape
     p = cfg.chunk_positions
-    x = self.enc_prenorm(h.reshape(b * (n // p), p, d))
-    for layer in self.encoder:
-      x = call_layer(layer, self.run, x)
-    enc = self.enc_norm(x).reshape(b, n // p, p, d)
-    k_mem, v_mem = self.memory(enc)
-    return enc[:, :, -1], k_mem, v_mem
+    with jax.named_scope("encoder"):
+      x = self.enc_prenorm(h.reshape(b * (n // p), p, d))
+      for layer in self.encoder:
+        x = call_layer(layer, self.run, x)
+      enc = self.enc_norm(x).reshape(b, n // p, p, d)
+      k_mem, v_mem = self.memory(enc)
+      return enc[:, :, -1], k_mem, v_mem
 
   def retrieve(self, group: int, h_lmk: Float[Array, "B n D"], lmk_keys: Float[Array, "B M D"], *,
                c0=0, noise_key: jax.Array | None = None, block: int | None = None):
     """Group ``group``'s picks at the landmarks of chunks c0 .. c0+n-1 (hidden states
     ``h_lmk``) among chunks before each: idx, w [B, n, K] (not yet shifted)."""
-    q = self.lmk_norms[group](h_lmk)
-    block = self.run.retrieval_block if block is None else block
-    idx, w, _ = select_chunks(q, lmk_keys, self.cfg.top_k, c0=c0, block=block, noise_key=noise_key)
-    return idx, w
+    with jax.named_scope("retrieval"):
+      q = self.lmk_norms[group](h_lmk)
+      block = self.run.retrieval_block if block is None else block
+      idx, w, _ = select_chunks(q, lmk_keys, self.cfg.top_k, c0=c0, block=block, noise_key=noise_key)
+      return idx, w
 
   def forward(self, tokens: Int[Array, "B T"], *, train: bool = False, rngs=None,
               return_hidden: bool = False) -> dict:
@@ -118,9 +121,10 @@ class DRT(LanguageModel):
     cfg, run = self.cfg, self.run
     tokens = self._ids(tokens)
     length = tokens.shape[1]
-    x = insert_landmarks(tokens, cfg.chunk_size, cfg.lmk_id, cfg.pad_id).astype(jnp.int32)
     key = noise_key(rngs) if train and cfg.gumbel else None
-    h = constrain(self.embed(x), "batch", None, None)
+    with jax.named_scope("embed"):
+      x = insert_landmarks(tokens, cfg.chunk_size, cfg.lmk_id, cfg.pad_id).astype(jnp.int32)
+      h = constrain(self.embed(x), "batch", None, None)
     for layer in self.lower:
       h = call_layer(layer, run, h)
     lmk_keys, k_mem, v_mem = self.encode_chunks(h)

@@ -7,7 +7,7 @@ output; ``__call__`` is the cache-free call used in training.
 
 from __future__ import annotations
 
-
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -82,9 +82,11 @@ class DecoderLayer(nnx.Module):
 
   def step(self, h, cache=None, pos0=0, block=None):
     """(output, (k, v) of the new positions); ``cache``: see ``SelfAttention.attend``."""
-    a, kv = self.attn.attend(self.attn_norm(h), cache, pos0, block)
+    with jax.named_scope("attn"):
+      a, kv = self.attn.attend(self.attn_norm(h), cache, pos0, block)
     h = h + a
-    return h + self.mlp(self.mlp_norm(h)), kv
+    with jax.named_scope("mlp"):
+      return h + self.mlp(self.mlp_norm(h)), kv
 
 
 class UpperLayer(nnx.Module):
@@ -107,9 +109,12 @@ class UpperLayer(nnx.Module):
 
   def step(self, h, k_mem, v_mem, idx, w, cache=None, pos0=0, block=None, unserved: int = 1):
     """(output, (k, v) of the new positions); picks as in ``GroupedCrossAttention``."""
-    a, kv = self.attn.attend(self.attn_norm(h), cache, pos0, block)
+    with jax.named_scope("attn"):
+      a, kv = self.attn.attend(self.attn_norm(h), cache, pos0, block)
     h1 = h + a
-    mixed = h1 + self.gca(h1, k_mem, v_mem, idx, w, unserved=unserved)
-    return (h1 if self.bypass else mixed) + self.mlp(self.mlp_norm(mixed)), kv
+    with jax.named_scope("gca"):
+      mixed = h1 + self.gca(h1, k_mem, v_mem, idx, w, unserved=unserved)
+    with jax.named_scope("mlp"):
+      return (h1 if self.bypass else mixed) + self.mlp(self.mlp_norm(mixed)), kv
 
 

@@ -53,8 +53,9 @@ def loss_fn(params, graphdef, batch: dict, rng, *, train: bool, answer_loss_weig
   tokens = batch["tokens"]
   out = model.forward(tokens, train=train, rngs=rng, return_hidden=True)
   w = token_weights(batch, answer_loss_weight)
-  wsum, nll = blocked_cross_entropy(model.head_input(out["hidden"][:, :-1]), model.embed.table[...],
-                                    jnp.maximum(tokens[:, 1:], 0), w, block=model.run.ce_block)
+  with jax.named_scope("loss"):
+    wsum, nll = blocked_cross_entropy(model.head_input(out["hidden"][:, :-1]), model.embed.table[...],
+                                      jnp.maximum(tokens[:, 1:], 0), w, block=model.run.ce_block)
   loss = wsum / (jnp.maximum(jnp.sum(w), 1.0) if denom is None else denom)
   lm_w = token_weights(batch, 0.0)
   aux = {"nll_sum": jnp.sum(nll * lm_w), "tokens": jnp.sum(lm_w), **retrieval_stats(out["retrieval"])}
